@@ -87,6 +87,8 @@ export interface ScanOptions {
   maxBytes?: number;
   /** Bytes read per call to the source; rounded to whole frames. Default 1 MiB. */
   chunkSize?: number;
+  /** Read no frame past this index (stop "limit" when reached). */
+  maxFrame?: number;
 }
 
 /** The position right after a WAL header: frame 0 of its epoch. */
@@ -130,6 +132,7 @@ export function scanFrames(
   const framesPerChunk = Math.max(1, Math.floor((options.chunkSize ?? 1 << 20) / frameSize));
   const collect = options.collect ?? false;
   const maxBytes = options.maxBytes ?? Infinity;
+  const maxFrame = options.maxFrame ?? Infinity;
 
   const transactions: WalTransaction[] = [];
   const state = new Uint32Array([start.checksum1, start.checksum2]);
@@ -142,7 +145,8 @@ export function scanFrames(
   let reusable: Uint8Array | null = null;
 
   for (;;) {
-    const want = framesPerChunk * frameSize;
+    if (next > maxFrame) return finish("limit");
+    const want = Math.min(framesPerChunk, maxFrame - next + 1) * frameSize;
     // A collecting scan keeps references into each chunk, so it needs fresh ones.
     const chunk: Uint8Array = collect || !reusable ? new Uint8Array(want) : reusable;
     if (!collect) reusable = chunk;
@@ -191,7 +195,7 @@ export function scanFrames(
       pendingPages = [];
       pendingPieces = [];
       pendingStart = next + 1;
-      if (collected >= maxBytes) {
+      if (collected >= maxBytes || next >= maxFrame) {
         next++;
         return finish("limit");
       }
