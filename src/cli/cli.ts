@@ -10,6 +10,9 @@ import { cac } from "cac";
 import { errorMessage, WalshipError } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { registerInspect } from "./inspect_command.ts";
+import { registerListCommands } from "./list_commands.ts";
+import { registerReplicate } from "./replicate_command.ts";
+import { registerRestore } from "./restore_command.ts";
 import { type Output, processOutput } from "./output.ts";
 
 /**
@@ -22,6 +25,9 @@ import { type Output, processOutput } from "./output.ts";
  */
 export async function runCli(args: string[], output: Output = processOutput): Promise<number> {
   const cli = cac("walship");
+  registerReplicate(cli, output);
+  registerRestore(cli, output);
+  registerListCommands(cli, output);
   registerInspect(cli, output);
   cli.help();
   cli.version(VERSION);

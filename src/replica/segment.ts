@@ -1,0 +1,84 @@
+/**
+ * The payload of a segment object, before zstd (docs/FORMAT.md): a run of
+ * records, each a tag byte and its fields, big-endian.
+ *
+ *   'H' 0x48  the 32-byte WAL header of a new epoch: frames after it chain
+ *             from its checksum and number from 1.
+ *   'T' 0x54  one committed transaction: u32 first frame index, u32 frame
+ *             count, f64 observed time (Unix ms), then the raw frames exactly
+ *             as SQLite wrote them (24-byte header + page each). The last
+ *             frame is the commit frame.
+ *
+ * Raw frames keep SQLite's own salts and checksums, so a restore re-checks
+ * the chain end to end, from the WAL as written to the file it builds.
+ *
+ * @module
+ */
+
+import { WalshipError } from "../errors.ts";
+import { WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE } from "../sqlite/wal.ts";
+
+export const TAG_HEADER = 0x48;
+export const TAG_TRANSACTION = 0x54;
+const TX_FIELDS = 16;
+
+/** A record of a segment payload. */
+export type SegmentRecord =
+  | { tag: "header"; header: Uint8Array }
+  | { tag: "transaction"; firstFrame: number; frameCount: number; time: number; frames: Uint8Array };
+
+/** Builds a segment payload from records; `pageSize` fixes the frame size. */
+export function encodeSegmentBody(records: SegmentRecord[]): Uint8Array {
+  let size = 0;
+  for (const r of records) size += r.tag === "header" ? 1 + WAL_HEADER_SIZE : 1 + TX_FIELDS + r.frames.length;
+  const out = new Uint8Array(size);
+  const v = new DataView(out.buffer);
+  let at = 0;
+  for (const r of records) {
+    if (r.tag === "header") {
+      out[at++] = TAG_HEADER;
+      out.set(r.header.subarray(0, WAL_HEADER_SIZE), at);
+      at += WAL_HEADER_SIZE;
+    } else {
+      out[at++] = TAG_TRANSACTION;
+      v.setUint32(at, r.firstFrame);
+      v.setUint32(at + 4, r.frameCount);
+      v.setFloat64(at + 8, r.time);
+      at += TX_FIELDS;
+      out.set(r.frames, at);
+      at += r.frames.length;
+    }
+  }
+  return out;
+}
+
+/** Reads the records of a segment payload; throws CORRUPT on malformed bytes. */
+export function* decodeSegmentBody(body: Uint8Array, pageSize: number, what: string): Generator<SegmentRecord> {
+  const v = new DataView(body.buffer, body.byteOffset, body.length);
+  const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;
+  let at = 0;
+  while (at < body.length) {
+    const tag = body[at++];
+    if (tag === TAG_HEADER) {
+      if (at + WAL_HEADER_SIZE > body.length) throw truncated();
+      yield { tag: "header", header: body.subarray(at, at + WAL_HEADER_SIZE) };
+      at += WAL_HEADER_SIZE;
+    } else if (tag === TAG_TRANSACTION) {
+      if (at + TX_FIELDS > body.length) throw truncated();
+      const firstFrame = v.getUint32(at);
+      const frameCount = v.getUint32(at + 4);
+      const time = v.getFloat64(at + 8);
+      at += TX_FIELDS;
+      const length = frameCount * frameSize;
+      if (frameCount === 0 || at + length > body.length) throw truncated();
+      yield { tag: "transaction", firstFrame, frameCount, time, frames: body.subarray(at, at + length) };
+      at += length;
+    } else {
+      throw new WalshipError("CORRUPT", `${what} has an unknown record tag ${tag}`);
+    }
+  }
+
+  function truncated(): WalshipError {
+    return new WalshipError("CORRUPT", `${what} ends inside a record`);
+  }
+}

@@ -1,0 +1,437 @@
+/**
+ * `walship replicate`: follows one database's WAL and ships every committed
+ * transaction to a replica (DESIGN.md data flow):
+ *
+ *   watch → WalFollower (validated commits) → SegmentBuilder (one object per
+ *   sync interval) → ObjectCache (durable, journaled) → Uploader (ordered) → replica
+ *
+ * A generation starts with a consistent snapshot; later snapshots come every
+ * snapshot interval. When the follower cannot prove that no commit went by
+ * unread, the replica is brought back to the exact current state with a new
+ * generation and a snapshot, and the reason is logged at warn level
+ * (invariant 4).
+ *
+ * @module
+ */
+
+import fs from "node:fs";
+import path from "node:path";
+import { ObjectCache } from "../cache/object_cache.ts";
+import { captureImage } from "../capture/snapshot_reader.ts";
+import { type FollowResult, WalFollower } from "../capture/wal_follower.ts";
+import { readHead } from "../capture/file_source.ts";
+import { tempPathBeside } from "../durable.ts";
+import { errorMessage, WalshipError } from "../errors.ts";
+import { type Log, silentLog } from "../log.ts";
+import { isGenerationId, newGenerationId, parseObjectKey, snapshotKey, segmentKey } from "../replica/layout.ts";
+import type { SnapshotMeta } from "../replica/object_format.ts";
+import type { ReplicaStorage } from "../replica/storage.ts";
+import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
+import { SegmentBuilder } from "./segment_builder.ts";
+import { writeSnapshotObject } from "./snapshot_object.ts";
+import { DEFAULT_RETRY, type RetryPolicy, Uploader } from "./uploader.ts";
+import { type Watch, watchDatabase } from "./watcher.ts";
+
+/** Options for {@linkcode Replicator}. */
+export interface ReplicatorOptions {
+  /** Where the replica lives. */
+  storage: ReplicaStorage;
+  /** The local cache directory; default `.<db name>-walship` beside the database. */
+  cacheDir?: string;
+  /** At most one upload per this many ms; default 1000. */
+  syncInterval?: number;
+  /** A new snapshot after this many ms; default 24 h. */
+  snapshotInterval?: number;
+  /** Poll the WAL at least this often, ms; default min(syncInterval, 1000). */
+  pollInterval?: number;
+  /** Upload retry policy. */
+  retry?: RetryPolicy;
+  log?: Log;
+}
+
+/** What the replicator is doing, for status and tests. */
+export interface ReplicatorStatus {
+  db: string;
+  replica: string;
+  generation: string | null;
+  /** Last txid captured locally. */
+  txid: number;
+  /** Last txid known to be in the replica. */
+  uploadedTxid: number;
+  pendingObjects: number;
+  pendingBytes: number;
+  snapshots: number;
+  segments: number;
+  repairs: number;
+  uploadErrors: number;
+  lastError: string | null;
+}
+
+/** Events a replicator reports. */
+export type ReplicatorEvent =
+  | { type: "snapshot"; generation: string; txid: number; reason: string }
+  | { type: "segment"; generation: string; firstTxid: number; lastTxid: number }
+  | { type: "uploaded"; key: string; txid: number }
+  | { type: "repair"; reason: string };
+
+/** Default cache directory for a database: `.<name>-walship` beside it. */
+export function defaultCacheDir(db: string): string {
+  const abs = path.resolve(db);
+  return path.join(path.dirname(abs), `.${path.basename(abs)}-walship`);
+}
+
+/** Replicates one database to one replica. */
+export class Replicator {
+  readonly db: string;
+  #storage: ReplicaStorage;
+  #cacheDir: string;
+  #syncInterval: number;
+  #snapshotInterval: number;
+  #pollInterval: number;
+  #log: Log;
+  #retry: RetryPolicy;
+  #cache!: ObjectCache;
+  #follower!: WalFollower;
+  #builder!: SegmentBuilder;
+  #uploader!: Uploader;
+  #watch: Watch | null = null;
+  #generation: string | null = null;
+  #pageSize = 0;
+  #lastFlush = 0;
+  #lastSnapshot = 0;
+  #repairReason: string | null = null;
+  #stopping = false;
+  #loop: Promise<void> | null = null;
+  #wake: (() => void) | null = null;
+  #listeners: Array<(e: ReplicatorEvent) => void> = [];
+  #stats = { snapshots: 0, segments: 0, repairs: 0, uploadedTxid: 0 };
+
+  constructor(db: string, options: ReplicatorOptions) {
+    this.db = path.resolve(db);
+    this.#storage = options.storage;
+    this.#cacheDir = options.cacheDir ?? defaultCacheDir(db);
+    this.#syncInterval = options.syncInterval ?? 1000;
+    this.#snapshotInterval = options.snapshotInterval ?? 24 * 3600_000;
+    this.#pollInterval = options.pollInterval ?? Math.min(this.#syncInterval, 1000);
+    this.#log = options.log ?? silentLog;
+    this.#retry = options.retry ?? DEFAULT_RETRY;
+  }
+
+  /** Subscribes to events; returns the unsubscribe function. */
+  on(listener: (e: ReplicatorEvent) => void): () => void {
+    this.#listeners.push(listener);
+    return () => void (this.#listeners = this.#listeners.filter((l) => l !== listener));
+  }
+
+  /**
+   * Starts replicating: waits for the database to exist, checks it, resumes
+   * or starts a generation, and runs until {@linkcode stop}. Throws for a
+   * database that cannot be replicated or a replica that refuses access.
+   */
+  async start(): Promise<void> {
+    await this.#waitForDatabase();
+    this.#cache = ObjectCache.open(this.#cacheDir);
+    const remote = await this.#probeReplica();
+    this.#uploader = new Uploader(this.#cache, this.#storage, this.#log, {
+      retry: this.#retry,
+      onUploaded: (obj) => {
+        this.#stats.uploadedTxid = Math.max(this.#stats.uploadedTxid, obj.txid);
+        this.#emit({ type: "uploaded", key: obj.key, txid: obj.txid });
+      },
+    });
+    this.#uploader.start();
+    await this.#resumeOrBegin(remote);
+    this.#watch = watchDatabase(this.db, this.#pollInterval, () => this.#wake?.());
+    this.#loop = this.#run();
+  }
+
+  /** Ships everything committed so far and waits until the replica has it. */
+  async flush(): Promise<void> {
+    await this.#step(true);
+    await this.#uploader.idle();
+  }
+
+  /**
+   * Stops: reads the WAL one last time, ships everything committed, waits for
+   * the uploads (unless `drain` is false), and releases the files.
+   */
+  async stop(options: { drain?: boolean } = {}): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#wake?.();
+    await this.#loop;
+    this.#watch?.close();
+    try {
+      await this.#step(true);
+    } catch (err) {
+      this.#log.error(`final sync failed: ${errorMessage(err)}`);
+    }
+    if (options.drain ?? true) await this.#uploader.idle();
+    await this.#uploader.stop();
+    this.#follower.close();
+    this.#cache.close();
+  }
+
+  /** A snapshot of counters and positions. */
+  status(): ReplicatorStatus {
+    return {
+      db: this.db,
+      replica: this.#storage.location,
+      generation: this.#generation,
+      txid: this.#builder?.txid ?? 0,
+      uploadedTxid: this.#stats.uploadedTxid,
+      pendingObjects: this.#cache?.pending().length ?? 0,
+      pendingBytes: this.#cache?.pendingBytes() ?? 0,
+      snapshots: this.#stats.snapshots,
+      segments: this.#stats.segments,
+      repairs: this.#stats.repairs,
+      uploadErrors: this.#uploader?.errors ?? 0,
+      lastError: this.#uploader?.lastError ?? null,
+    };
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stopping) {
+      try {
+        await this.#step(false);
+      } catch (err) {
+        this.#log.error(`replication step failed, will retry: ${errorMessage(err)}`, { db: this.db });
+      }
+      if (this.#stopping) break;
+      const waitMs = this.#builder.empty
+        ? this.#pollInterval
+        : Math.max(0, this.#lastFlush + this.#syncInterval - Date.now());
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, waitMs);
+        // File events come in bursts; a short pause lets a burst settle into one read.
+        this.#wake = () => setTimeout(done, 5);
+        function done() {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      this.#wake = null;
+    }
+  }
+
+  /** One round: read the WAL, repair if continuity is lost, flush when due, snapshot when due. */
+  async #step(force: boolean): Promise<void> {
+    if (this.#repairReason) {
+      await this.#beginGeneration(this.#repairReason);
+      return;
+    }
+    for (;;) {
+      const result = this.#follower.poll();
+      if (result.lost) {
+        this.#stats.repairs++;
+        this.#emit({ type: "repair", reason: result.lost });
+        this.#log.warn(`continuity lost: ${result.lost}; starting a new generation from a snapshot`, { db: this.db });
+        this.#flushSegment();
+        this.#repairReason = result.lost;
+        await this.#beginGeneration(result.lost);
+        return;
+      }
+      this.#ingest(result);
+      if (!result.more) break;
+      if (this.#builder.size >= 64 << 20) this.#flushSegment();
+    }
+    if (!this.#builder.empty && (force || Date.now() - this.#lastFlush >= this.#syncInterval)) {
+      this.#flushSegment();
+    }
+    if (!force && Date.now() - this.#lastSnapshot >= this.#snapshotInterval && this.#builder.txid > this.#snapshotTxid) {
+      await this.#periodicSnapshot();
+    }
+  }
+
+  #snapshotTxid = 0;
+
+  #ingest(result: FollowResult): void {
+    this.#builder.add(result.transactions, result.epochHeader);
+    if (this.#follower.pageSize) this.#pageSize = this.#follower.pageSize;
+  }
+
+  #flushSegment(): void {
+    if (this.#builder.empty || !this.#generation) return;
+    const seg = this.#builder.build(this.#generation, this.#pageSize);
+    this.#cache.addBytes(seg.bytes, {
+      hash: seg.hash,
+      key: segmentKey(this.#generation, seg.meta),
+      kind: "segment",
+      generation: this.#generation,
+      txid: seg.meta.lastTxid,
+      position: seg.meta.end,
+      bigEndian: this.#builder.bigEndian,
+      pageSize: this.#pageSize,
+      dbSize: seg.meta.dbSize,
+    });
+    this.#builder.commit();
+    this.#lastFlush = Date.now();
+    this.#stats.segments++;
+    this.#emit({ type: "segment", generation: this.#generation, firstTxid: seg.meta.firstTxid, lastTxid: seg.meta.lastTxid });
+    this.#uploader.notify();
+  }
+
+  async #waitForDatabase(): Promise<void> {
+    let said = false;
+    for (;;) {
+      const head = readHead(this.db, DB_HEADER_SIZE);
+      if (head && head.length > 0) {
+        let header;
+        try {
+          header = parseDbHeader(head);
+        } catch {
+          throw new WalshipError("NOT_SQLITE", `${this.db} is not a SQLite database`);
+        }
+        if (!header.walMode) {
+          throw new WalshipError(
+            "NOT_WAL",
+            `${this.db} uses a rollback journal, not WAL: switch it once with sqlite3 ${this.db} "PRAGMA journal_mode=WAL"`,
+          );
+        }
+        return;
+      }
+      if (this.#stopping) throw new WalshipError("NOT_FOUND", `stopped while waiting for ${this.db}`);
+      if (!said) {
+        this.#log.info("waiting for the database to be created", { db: this.db });
+        said = true;
+      }
+      await new Promise((r) => setTimeout(r, Math.min(this.#pollInterval, 250)));
+    }
+  }
+
+  /** Lists the replica: the highest txid it holds and the generations in it; null when unreachable. */
+  async #probeReplica(): Promise<{ generations: string[]; maxTxid: number } | null> {
+    try {
+      const generations = (await this.#storage.listChildren("")).filter(isGenerationId);
+      let maxTxid = 0;
+      const newest = generations.at(-1);
+      if (newest) {
+        for (const o of await this.#storage.list(`${newest}/`)) {
+          const e = parseObjectKey(newest, o.key, o.size);
+          if (e) maxTxid = Math.max(maxTxid, e.kind === "snapshot" ? e.txid : e.lastTxid);
+        }
+      }
+      return { generations, maxTxid };
+    } catch (err) {
+      if (err instanceof WalshipError && !err.transient) throw err;
+      this.#log.warn(`replica unreachable at start, buffering locally: ${errorMessage(err)}`, {
+        replica: this.#storage.location,
+      });
+      return null;
+    }
+  }
+
+  async #resumeOrBegin(remote: { generations: string[]; maxTxid: number } | null): Promise<void> {
+    const last = this.#cache.last;
+    this.#follower = new WalFollower(this.db, last?.position ?? null);
+    let why = "no earlier replication state";
+    if (last) {
+      const lostFiles = this.#cache.lost();
+      if (lostFiles.length > 0) why = `${lostFiles.length} cached object(s) are missing from ${this.#cacheDir}`;
+      else if (remote && !remote.generations.includes(last.generation) &&
+        !this.#cache.pending().some((o) => o.generation === last.generation)) {
+        why = `generation ${last.generation} is gone from the replica`;
+      } else if (!this.#follower.verifyResume()) {
+        why = "the WAL no longer holds the last replicated position (it restarted while walship was not running)";
+      } else {
+        this.#generation = last.generation;
+        this.#pageSize = last.pageSize;
+        this.#follower.rebase(last.position, last.dbSize, last.pageSize, last.bigEndian);
+        this.#builder = new SegmentBuilder(last.txid, last.position, last.dbSize, last.bigEndian);
+        this.#stats.uploadedTxid = last.txid;
+        this.#lastSnapshot = Date.now();
+        this.#snapshotTxid = last.txid;
+        this.#log.info("resuming replication", { db: this.db, generation: last.generation, txid: last.txid });
+        return;
+      }
+    }
+    const base = Math.max(last?.txid ?? 0, remote?.maxTxid ?? 0);
+    this.#builder = new SegmentBuilder(base, null, 0, false);
+    if (last) this.#log.warn(`cannot resume: ${why}; starting a new generation from a snapshot`, { db: this.db });
+    await this.#beginGeneration(why);
+  }
+
+  /** Starts a new generation: a snapshot of the current state becomes its base. */
+  async #beginGeneration(reason: string): Promise<void> {
+    const generation = newGenerationId();
+    const baseTxid = this.#builder.txid;
+    this.#follower.rebase(null, 0, 0);
+    const image = await captureImage(this.db, this.#follower, this.#tempPath(), {
+      baseline: true,
+      onPoll: () => {},
+    });
+    const txid = baseTxid + 1;
+    this.#generation = generation;
+    this.#pageSize = image.pageSize;
+    this.#follower.rebase(image.position, image.dbSize, image.pageSize, image.bigEndian);
+    await this.#storeSnapshot(image.path, {
+      kind: "snapshot",
+      generation,
+      pageSize: image.pageSize,
+      txid,
+      time: Date.now(),
+      position: image.position,
+      bigEndian: image.bigEndian,
+      dbSize: image.dbSize,
+    }, reason);
+    this.#builder = new SegmentBuilder(txid, image.position, image.dbSize, image.bigEndian);
+    this.#repairReason = null;
+  }
+
+  /** A snapshot within the current generation, at the latest txid. */
+  async #periodicSnapshot(): Promise<void> {
+    this.#flushSegment();
+    const image = await captureImage(this.db, this.#follower, this.#tempPath(), {
+      baseline: false,
+      onPoll: (r) => {
+        if (!r.lost) this.#ingest(r);
+      },
+    });
+    this.#flushSegment();
+    await this.#storeSnapshot(image.path, {
+      kind: "snapshot",
+      generation: this.#generation!,
+      pageSize: image.pageSize,
+      txid: this.#builder.txid,
+      time: Date.now(),
+      position: this.#builder.end,
+      bigEndian: this.#builder.bigEndian,
+      dbSize: image.dbSize,
+    }, "snapshot interval elapsed");
+  }
+
+  async #storeSnapshot(imagePath: string, meta: SnapshotMeta, reason: string): Promise<void> {
+    const objectTmp = this.#tempPath();
+    try {
+      const hash = await writeSnapshotObject(imagePath, meta, objectTmp);
+      this.#cache.addFile(objectTmp, {
+        hash,
+        key: snapshotKey(meta.generation, meta.txid, meta.time),
+        kind: "snapshot",
+        generation: meta.generation,
+        txid: meta.txid,
+        position: meta.position,
+        bigEndian: meta.bigEndian,
+        pageSize: meta.pageSize,
+        dbSize: meta.dbSize,
+      });
+    } finally {
+      fs.rmSync(imagePath, { force: true });
+      fs.rmSync(objectTmp, { force: true });
+    }
+    this.#lastSnapshot = Date.now();
+    this.#snapshotTxid = meta.txid;
+    this.#stats.snapshots++;
+    this.#log.info("snapshot taken", { db: this.db, generation: meta.generation, txid: meta.txid, pages: meta.dbSize, reason });
+    this.#emit({ type: "snapshot", generation: meta.generation, txid: meta.txid, reason });
+    this.#uploader.notify();
+  }
+
+  #tempPath(): string {
+    return tempPathBeside(path.join(this.#cacheDir, "snapshot"));
+  }
+
+  #emit(e: ReplicatorEvent): void {
+    for (const l of this.#listeners) l(e);
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * Applies verified segments over a restored snapshot, re-checking what
+ * SQLite checked when it wrote the WAL: every frame's salts and the running
+ * checksum chain, commit frames where they belong, and that each object
+ * starts exactly where the previous one ended. A gap or a break is an error,
+ * never a silently different database (invariant 6).
+ *
+ * @module
+ */
+
+import fs from "node:fs";
+import { WalshipError } from "../errors.ts";
+import type { SegmentMeta } from "../replica/object_format.ts";
+import { decodeSegmentBody } from "../replica/segment.ts";
+import { walChecksum } from "../sqlite/checksum.ts";
+import { parseWalHeader, WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
+import { headerPosition, type WalPosition } from "../sqlite/wal_scanner.ts";
+
+/** Where the restore stands. */
+export interface ApplyState {
+  position: WalPosition | null;
+  bigEndian: boolean;
+  pageSize: number;
+  dbSize: number;
+  txid: number;
+  time: number;
+}
+
+/** Where to stop: after this txid, or before the first transaction observed after this time. */
+export interface ApplyLimit {
+  txid: number | null;
+  timestamp: number | null;
+}
+
+/**
+ * Applies one segment's transactions to the file `fd`, within `limit`.
+ * Returns true when the limit was reached (later segments must not apply).
+ */
+export function applySegment(
+  fd: number,
+  state: ApplyState,
+  meta: SegmentMeta,
+  body: Uint8Array,
+  limit: ApplyLimit,
+  what: string,
+): boolean {
+  const corrupt = (why: string) => new WalshipError("CORRUPT", `${what}: ${why}`);
+  if (meta.pageSize !== state.pageSize) throw corrupt(`page size ${meta.pageSize}, expected ${state.pageSize}`);
+  if (meta.firstTxid !== state.txid + 1) throw corrupt(`starts at txid ${meta.firstTxid}, expected ${state.txid + 1}`);
+  if (!samePosition(meta.start, state.position)) throw corrupt("does not start where the previous object ended");
+  if (body.length !== meta.bodySize) throw corrupt(`payload is ${body.length} bytes, expected ${meta.bodySize}`);
+  const pageSize = state.pageSize;
+  const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;
+  let bigEndian = meta.bigEndian;
+  let pos = state.position;
+  const sum = new Uint32Array(2);
+  for (const rec of decodeSegmentBody(body, pageSize, what)) {
+    if (rec.tag === "header") {
+      const h = parseWalHeader(rec.header);
+      if (h.pageSize !== pageSize) throw corrupt(`WAL header with page size ${h.pageSize}`);
+      pos = headerPosition(h);
+      bigEndian = h.bigEndian;
+      continue;
+    }
+    if (limit.txid !== null && state.txid >= limit.txid) return true;
+    if (limit.timestamp !== null && rec.time > limit.timestamp) return true;
+    if (!pos) throw corrupt("a transaction before any WAL header");
+    if (rec.firstFrame !== pos.frame + 1) throw corrupt(`frame ${rec.firstFrame} follows frame ${pos.frame}`);
+    sum[0] = pos.checksum1;
+    sum[1] = pos.checksum2;
+    const v = new DataView(rec.frames.buffer, rec.frames.byteOffset, rec.frames.length);
+    let commitSize = 0;
+    for (let i = 0; i < rec.frameCount; i++) {
+      const off = i * frameSize;
+      const pageNumber = v.getUint32(off);
+      commitSize = v.getUint32(off + 4);
+      if (v.getUint32(off + 8) !== pos.salt1 || v.getUint32(off + 12) !== pos.salt2) {
+        throw corrupt(`frame ${rec.firstFrame + i} has salts of another WAL epoch`);
+      }
+      walChecksum(sum, rec.frames, off, 8, bigEndian);
+      walChecksum(sum, rec.frames, off + WAL_FRAME_HEADER_SIZE, pageSize, bigEndian);
+      if (sum[0] !== v.getUint32(off + 16) || sum[1] !== v.getUint32(off + 20)) {
+        throw corrupt(`frame ${rec.firstFrame + i} breaks the checksum chain`);
+      }
+      if ((commitSize !== 0) !== (i === rec.frameCount - 1) || pageNumber === 0) {
+        throw corrupt(`transaction at frame ${rec.firstFrame} is malformed`);
+      }
+      fs.writeSync(fd, rec.frames, off + WAL_FRAME_HEADER_SIZE, pageSize, (pageNumber - 1) * pageSize);
+    }
+    pos = {
+      salt1: pos.salt1,
+      salt2: pos.salt2,
+      frame: rec.firstFrame + rec.frameCount - 1,
+      checksum1: sum[0],
+      checksum2: sum[1],
+    };
+    state.position = pos;
+    state.bigEndian = bigEndian;
+    state.dbSize = commitSize;
+    state.txid++;
+    state.time = rec.time;
+  }
+  if (state.txid !== meta.lastTxid) throw corrupt(`ends at txid ${state.txid}, its name says ${meta.lastTxid}`);
+  if (!samePosition(pos, meta.end)) throw corrupt("ends at another WAL position than it records");
+  state.position = pos;
+  state.bigEndian = bigEndian;
+  return limit.txid !== null && state.txid >= limit.txid;
+}
+
+function samePosition(a: WalPosition | null, b: WalPosition | null): boolean {
+  if (a === null || b === null) return a === b;
+  return a.salt1 === b.salt1 && a.salt2 === b.salt2 && a.frame === b.frame &&
+    a.checksum1 === b.checksum1 && a.checksum2 === b.checksum2;
+}
