@@ -6,12 +6,16 @@
  *   npm run demo        (bun scripts/demo.ts)
  */
 
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { Database } from "bun:sqlite";
+import { fileURLToPath } from "node:url";
 
-const root = path.resolve(import.meta.dir, "..");
+// Bun's embedded SQLite writes the demo database (walship itself never links SQLite).
+const bunSqlite = "bun:sqlite";
+const { Database } = await import(bunSqlite);
+
+const root = fileURLToPath(new URL("..", import.meta.url));
 const dir = path.join(root, "demo");
 fs.rmSync(dir, { recursive: true, force: true });
 fs.mkdirSync(dir);
@@ -43,10 +47,8 @@ const code = await new Promise<number | null>((r) => replicator.on("exit", r));
 if (code !== 0) throw new Error(`walship replicate exited with ${code}`);
 
 console.log(`$ walship restore -o ${path.relative(root, restored)} ${replica}`);
-const restore = Bun.spawnSync([process.execPath, ...cli, "restore", "-o", restored, replica]);
-process.stdout.write(restore.stdout);
-process.stderr.write(restore.stderr);
-if (restore.exitCode !== 0) process.exit(restore.exitCode ?? 1);
+const restore = spawnSync(process.execPath, [...cli, "restore", "-o", restored, replica], { stdio: "inherit" });
+if (restore.status !== 0) process.exit(restore.status ?? 1);
 
 const same = Buffer.compare(fs.readFileSync(db), fs.readFileSync(restored)) === 0;
 const rows = new Database(restored).query("SELECT count(*) AS n FROM notes").get() as { n: number };
