@@ -106,7 +106,10 @@ export async function planRestore(storage: ReplicaStorage, target: RestoreTarget
       `${storage.location} holds no state at or before ${new Date(target.timestamp).toISOString()}`,
     );
   }
-  throw new WalshipError("NO_BACKUP", `replica ${storage.location} holds no complete generation (no snapshot)`);
+  // Generations exist but none has a snapshot: a damaged replica, not an empty
+  // one (the uploader sends a generation's snapshot before anything else), so
+  // not NO_BACKUP, which --if-replica-exists would take for "nothing to restore".
+  throw new WalshipError("GAP", `replica ${storage.location} holds no complete generation (no snapshot)`);
 }
 
 function planInGeneration(listing: GenerationListing, target: RestoreTarget): RestorePlan | null {
