@@ -201,7 +201,10 @@ function killAndWait(child: ChildProcess, signal: "SIGKILL" | "SIGTERM"): Promis
   return new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve();
     child.once("exit", () => resolve());
-    child.kill(signal);
+    // By pid, not child.kill(): Deno's kill() closes the child's stdin first,
+    // and the server takes stdin EOF for "orphaned" and starts deleting its
+    // directory, so an outage would sometimes lose the bucket's objects.
+    process.kill(child.pid!, signal);
   });
 }
 

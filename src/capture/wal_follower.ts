@@ -145,6 +145,12 @@ export class WalFollower {
     const shm = this.#readShm();
     const wal = this.#openWal();
     const header = wal ? readWalHeader(wal) : null;
+    if (!wal && this.#position !== null && !baseline) {
+      // The WAL we were following is gone: its last connection closed, which
+      // checkpoints it into the database and deletes it together with the
+      // -shm, so neither the frames nor the ledger can show what went unread.
+      return nothing("the WAL was deleted (its last connection closed) before every commit in it was proven read");
+    }
     if (!wal || !header) {
       // No WAL content: a TRUNCATE checkpoint, or no connection open. The
       // ledger can still tell whether commits went by unread.

@@ -53,10 +53,19 @@ export function registerReplicate(cli: CAC, _output: Output): void {
         }
         log.info(`${name}: shipping what is committed, then exiting (send it again to exit at once)`);
         stop();
+        replicator.stop().catch(() => {}); // awaited below; this also ends a wait for the database
       };
       process.on("SIGINT", () => onSignal("SIGINT"));
       process.on("SIGTERM", () => onSignal("SIGTERM"));
-      await replicator.start();
+      try {
+        await replicator.start();
+      } catch (err) {
+        if (signals > 0 && err instanceof WalshipError && err.code === "NOT_FOUND") {
+          log.info("stopped before the database appeared");
+          return 0;
+        }
+        throw err;
+      }
       log.info("replicating", { db: replicator.db, replica: replicator.status().replica });
       await stopped;
       await replicator.stop();

@@ -128,7 +128,15 @@ export class Replicator {
    * or starts a generation, and runs until {@linkcode stop}. Throws for a
    * database that cannot be replicated or a replica that refuses access.
    */
-  async start(): Promise<void> {
+  start(): Promise<void> {
+    this.#starting ??= this.#start();
+    return this.#starting;
+  }
+
+  #starting: Promise<void> | null = null;
+  #stopped: Promise<void> | null = null;
+
+  async #start(): Promise<void> {
     await this.#waitForDatabase();
     this.#cache = ObjectCache.open(this.#cacheDir);
     const remote = await this.#probeReplica();
@@ -155,10 +163,17 @@ export class Replicator {
    * Stops: reads the WAL one last time, ships everything committed, waits for
    * the uploads (unless `drain` is false), and releases the files.
    */
-  async stop(options: { drain?: boolean } = {}): Promise<void> {
-    if (this.#stopping) return;
+  stop(options: { drain?: boolean } = {}): Promise<void> {
+    this.#stopped ??= this.#stop(options);
+    return this.#stopped;
+  }
+
+  async #stop(options: { drain?: boolean }): Promise<void> {
     this.#stopping = true;
     this.#wake?.();
+    // Stopped while starting: start() gives up if it is still waiting for the
+    // database, and otherwise finishes first; never started: nothing to stop.
+    if (!(await this.#starting?.then(() => true, () => false))) return;
     await this.#loop;
     this.#watch?.close();
     try {
@@ -214,8 +229,20 @@ export class Replicator {
     }
   }
 
+  #stepping: Promise<void> = Promise.resolve();
+
+  /**
+   * Runs one round at a time: flush() and the loop would otherwise interleave
+   * at the awaits of a snapshot, and two generations would share a txid.
+   */
+  #step(force: boolean): Promise<void> {
+    const round = this.#stepping.then(() => this.#round(force));
+    this.#stepping = round.catch(() => {});
+    return round;
+  }
+
   /** One round: read the WAL, repair if continuity is lost, flush when due, snapshot when due. */
-  async #step(force: boolean): Promise<void> {
+  async #round(force: boolean): Promise<void> {
     if (this.#repairReason) {
       await this.#beginGeneration(this.#repairReason);
       return;
