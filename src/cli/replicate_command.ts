@@ -9,7 +9,7 @@ import { parseDuration } from "../duration.ts";
 import { WalshipError } from "../errors.ts";
 import { createLog, LOG_LEVELS, type LogLevel } from "../log.ts";
 import { openReplica } from "../replica/open_replica.ts";
-import { Replicator } from "../replicate/replicator.ts";
+import { Replicator, type StopResult } from "../replicate/replicator.ts";
 import type { Output } from "./output.ts";
 
 interface ReplicateFlags {
@@ -17,6 +17,7 @@ interface ReplicateFlags {
   snapshotInterval: string;
   cacheDir?: string;
   logLevel: string;
+  shutdownTimeout: string;
 }
 
 /** Registers `replicate` on the CLI. */
@@ -26,6 +27,7 @@ export function registerReplicate(cli: CAC, _output: Output): void {
     .option("--sync-interval <duration>", "Upload at most once per interval", { default: "1s" })
     .option("--snapshot-interval <duration>", "Take a fresh snapshot this often", { default: "24h" })
     .option("--cache-dir <dir>", "Local cache of objects waiting for upload (default: .<db>-walship beside the db)")
+    .option("--shutdown-timeout <duration>", "On SIGTERM, wait this long for uploads before exiting 1", { default: "30s" })
     .option("--log-level <level>", "debug, info, warn or error", { default: "info" })
     .example((bin) => `  ${bin} replicate app.db s3://my-bucket/app`)
     .example((bin) => `  ${bin} replicate app.db file:///var/backups/app --sync-interval 5s`)
@@ -35,6 +37,7 @@ export function registerReplicate(cli: CAC, _output: Output): void {
         throw new WalshipError("BAD_ARGUMENT", `--log-level "${flags.logLevel}": use debug, info, warn or error`);
       }
       const log = createLog({ level: flags.logLevel as LogLevel });
+      const shutdownTimeout = parseDuration(flags.shutdownTimeout, "--shutdown-timeout");
       const replicator = new Replicator(db, {
         storage: openReplica(url),
         cacheDir: flags.cacheDir,
@@ -43,6 +46,7 @@ export function registerReplicate(cli: CAC, _output: Output): void {
         log,
       });
       let signals = 0;
+      let stopping: Promise<StopResult> | null = null;
       let stop!: () => void;
       const stopped = new Promise<void>((resolve) => (stop = resolve));
       const onSignal = (name: string) => {
@@ -52,8 +56,10 @@ export function registerReplicate(cli: CAC, _output: Output): void {
           process.exit(1);
         }
         log.info(`${name}: shipping what is committed, then exiting (send it again to exit at once)`);
+        // The one stop call: it also ends a wait for the database, and is awaited below.
+        stopping ??= replicator.stop({ timeout: shutdownTimeout });
+        stopping.catch(() => {});
         stop();
-        replicator.stop().catch(() => {}); // awaited below; this also ends a wait for the database
       };
       process.on("SIGINT", () => onSignal("SIGINT"));
       process.on("SIGTERM", () => onSignal("SIGTERM"));
@@ -68,8 +74,16 @@ export function registerReplicate(cli: CAC, _output: Output): void {
       }
       log.info("replicating", { db: replicator.db, replica: replicator.status().replica });
       await stopped;
-      await replicator.stop();
+      const left = await stopping!;
       const s = replicator.status();
+      if (left.pendingObjects > 0) {
+        log.warn(
+          `stopped with ${left.pendingObjects} object(s) not yet uploaded (the replica stayed unreachable); ` +
+            `they wait in the local cache and go up at the next start`,
+          { txid: s.txid, uploadedTxid: s.uploadedTxid, lastError: s.lastError },
+        );
+        return 1;
+      }
       log.info("stopped", { txid: s.txid, uploadedTxid: s.uploadedTxid });
       return 0;
     });

@@ -67,6 +67,13 @@ export interface ReplicatorStatus {
   lastError: string | null;
 }
 
+/** What {@linkcode Replicator.stop} left behind. */
+export interface StopResult {
+  /** Objects still waiting in the local cache (0 when everything reached the replica). */
+  pendingObjects: number;
+  pendingBytes: number;
+}
+
 /** Events a replicator reports. */
 export type ReplicatorEvent =
   | { type: "snapshot"; generation: string; txid: number; reason: string }
@@ -134,7 +141,7 @@ export class Replicator {
   }
 
   #starting: Promise<void> | null = null;
-  #stopped: Promise<void> | null = null;
+  #stopped: Promise<StopResult> | null = null;
 
   async #start(): Promise<void> {
     await this.#waitForDatabase();
@@ -161,19 +168,21 @@ export class Replicator {
 
   /**
    * Stops: reads the WAL one last time, ships everything committed, waits for
-   * the uploads (unless `drain` is false), and releases the files.
+   * the uploads (unless `drain` is false; at most `timeout` ms when given),
+   * and releases the files. Objects not uploaded by then stay in the local
+   * cache and go up at the next start; the result says how many.
    */
-  stop(options: { drain?: boolean } = {}): Promise<void> {
+  stop(options: { drain?: boolean; timeout?: number } = {}): Promise<StopResult> {
     this.#stopped ??= this.#stop(options);
     return this.#stopped;
   }
 
-  async #stop(options: { drain?: boolean }): Promise<void> {
+  async #stop(options: { drain?: boolean; timeout?: number }): Promise<StopResult> {
     this.#stopping = true;
     this.#wake?.();
     // Stopped while starting: start() gives up if it is still waiting for the
     // database, and otherwise finishes first; never started: nothing to stop.
-    if (!(await this.#starting?.then(() => true, () => false))) return;
+    if (!(await this.#starting?.then(() => true, () => false))) return { pendingObjects: 0, pendingBytes: 0 };
     await this.#loop;
     this.#watch?.close();
     try {
@@ -181,10 +190,21 @@ export class Replicator {
     } catch (err) {
       this.#log.error(`final sync failed: ${errorMessage(err)}`);
     }
-    if (options.drain ?? true) await this.#uploader.idle();
+    if (options.drain ?? true) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.#uploader.idle(),
+        new Promise<void>((resolve) => {
+          if (options.timeout !== undefined) timer = setTimeout(resolve, options.timeout);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
     await this.#uploader.stop();
+    const result = { pendingObjects: this.#cache.pending().length, pendingBytes: this.#cache.pendingBytes() };
     this.#follower.close();
     this.#cache.close();
+    return result;
   }
 
   /** A snapshot of counters and positions. */

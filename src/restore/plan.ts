@@ -36,6 +36,8 @@ export interface RestorePlan {
   txid: number | null;
   /** Apply no transaction observed after this Unix ms time (null: no limit). */
   timestamp: number | null;
+  /** Newer generations passed over because they hold no snapshot (yet). */
+  skipped: string[];
 }
 
 /** A generation's objects as listed. */
@@ -84,14 +86,18 @@ export async function planRestore(storage: ReplicaStorage, target: RestoreTarget
     );
   }
   let newestTxid: number | null = null;
+  const skipped: string[] = [];
   for (const generation of [...generations].reverse()) {
     if (target.timestamp !== undefined && generationTime(generation) > target.timestamp) continue;
     const listing = await listGeneration(storage, generation);
-    if (listing.snapshots.length === 0) continue; // a generation whose first snapshot never arrived
+    if (listing.snapshots.length === 0) {
+      skipped.push(generation); // its first snapshot is still uploading, or was lost
+      continue;
+    }
     const maxTxid = Math.max(listing.snapshots.at(-1)!.txid, listing.segments.at(-1)?.lastTxid ?? 0);
     newestTxid ??= maxTxid;
     const plan = planInGeneration(listing, target);
-    if (plan) return plan;
+    if (plan) return { ...plan, skipped };
     if (target.txid !== undefined && target.txid > maxTxid) break; // txids only grow: no older generation has it
   }
   if (target.txid !== undefined) {
@@ -112,7 +118,7 @@ export async function planRestore(storage: ReplicaStorage, target: RestoreTarget
   throw new WalshipError("GAP", `replica ${storage.location} holds no complete generation (no snapshot)`);
 }
 
-function planInGeneration(listing: GenerationListing, target: RestoreTarget): RestorePlan | null {
+function planInGeneration(listing: GenerationListing, target: RestoreTarget): Omit<RestorePlan, "skipped"> | null {
   const { generation } = listing;
   let candidates = listing.snapshots;
   if (target.txid !== undefined) candidates = candidates.filter((s) => s.txid <= target.txid!);

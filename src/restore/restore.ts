@@ -65,6 +65,12 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
     throw new WalshipError("EXISTS", `${output} exists: pass --force to replace it`);
   }
   const plan = await planRestore(storage, options.target);
+  if (plan.skipped.length > 0) {
+    log.warn(
+      `passing over newer generation(s) ${plan.skipped.join(", ")}: no snapshot in them yet ` +
+        `(still uploading, or lost); restoring from ${plan.generation}`,
+    );
+  }
   log.info("restoring", {
     generation: plan.generation,
     snapshot: plan.snapshot.key,
