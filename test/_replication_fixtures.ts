@@ -18,10 +18,9 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import process from "node:process";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { pathToFileURL } from "node:url";
 import type { Log, LogFields } from "../src/log.ts";
 import { openReplica } from "../src/replica/open_replica.ts";
 import type { ReplicaStorage } from "../src/replica/storage.ts";
@@ -29,68 +28,16 @@ import type { GenerationInfo } from "../src/restore/describe.ts";
 import { listGeneration, listGenerations } from "../src/restore/plan.ts";
 import type { RestoreTarget } from "../src/restore/plan.ts";
 import { restoreDatabase, type RestoreResult } from "../src/restore/restore.ts";
-import { openSqlite, runtimeName, type SqliteConnection } from "./_runtime.ts";
+import { openSqlite, type SqliteConnection } from "./_runtime.ts";
 import { type S3Server, startS3Server } from "./_s3_server.ts";
-
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const MAIN = path.join(ROOT, "src", "cli", "main.ts");
+import { between, spawnWalship, waitFor, withTempDir } from "./_util.ts";
 
 // ---------------------------------------------------------------- basics
-
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** mulberry32: a small seeded PRNG giving u32s. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
-/** A random integer in [min, max]. */
-export function between(rand: () => number, min: number, max: number): number {
-  return min + (rand() % (max - min + 1));
-}
 
 /** A seed from WALSHIP_TEST_SEED or the clock; tests print it in their failure messages. */
 export function testSeed(): number {
   const fixed = Number(process.env.WALSHIP_TEST_SEED);
   return Number.isInteger(fixed) && fixed > 0 ? fixed : (Date.now() % 1_000_000_007) >>> 0;
-}
-
-/** Polls `check` until it returns a truthy value; fails with `what` after `timeoutMs`. */
-export async function waitFor<T>(
-  what: string | (() => string),
-  check: () => T | Promise<T>,
-  timeoutMs = 20_000,
-  everyMs = 25,
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === "string" ? what : what()}`);
-    }
-    await sleep(everyMs);
-  }
-}
-
-/**
- * Runs `fn` with a fresh directory, removed afterwards (kept when
- * WALSHIP_KEEP_TEST_DIRS is set, to look at after a failure).
- */
-export async function withScratch<T>(name: string, fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `walship-${name}-`));
-  try {
-    return await fn(dir);
-  } finally {
-    if (!process.env.WALSHIP_KEEP_TEST_DIRS) fs.rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 // ---------------------------------------------------------------- replicas
@@ -170,11 +117,6 @@ export function parseLogLines(stderr: string): LogLine[] {
 
 // ---------------------------------------------------------------- walship subprocess
 
-/** How the current runtime runs the CLI from source. */
-export function walshipCommand(args: string[]): [string, string[]] {
-  return [process.execPath, runtimeName === "deno" ? ["run", "-A", MAIN, ...args] : [MAIN, ...args]];
-}
-
 const children = new Set<ChildProcess>();
 process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
@@ -188,8 +130,7 @@ export class WalshipProcess {
   readonly exited: Promise<{ code: number | null; signal: string | null }>;
 
   constructor(args: string[], env: Record<string, string> = {}) {
-    const [cmd, argv] = walshipCommand(args);
-    this.child = spawn(cmd, argv, { cwd: ROOT, env: { ...process.env, ...env, NO_COLOR: "1" } });
+    this.child = spawnWalship(args, { env });
     children.add(this.child);
     this.child.stdout!.on("data", (d) => (this.stdout += d));
     this.child.stderr!.on("data", (d) => {
@@ -607,42 +548,35 @@ export function assertSameFile(actual: string, expected: string, what = "restore
   );
 }
 
-/** `PRAGMA integrity_check` of a database, on a copy so the file itself is never touched. */
-export async function integrityCheck(db: string): Promise<string> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "walship-check-"));
-  try {
-    const copy = path.join(dir, "check.db");
+/** Runs `fn` on a connection to a copy of `db` (the runtime's SQLite), so the file itself is never touched. */
+async function onCopy<T>(db: string, fn: (con: SqliteConnection) => T): Promise<T> {
+  return await withTempDir("copy", async (dir) => {
+    const copy = path.join(dir, "copy.db");
     fs.copyFileSync(db, copy);
     const con = await openSqlite(copy);
     try {
-      return con.all("PRAGMA integrity_check").map((r) => Object.values(r as object)[0]).join("; ");
+      return fn(con);
     } finally {
       con.close();
     }
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
+}
+
+/** `PRAGMA integrity_check` of a database, on a copy. */
+export function integrityCheck(db: string): Promise<string> {
+  return onCopy(db, (con) =>
+    con.all("PRAGMA integrity_check").map((r) => Object.values(r as object)[0]).join("; "));
 }
 
 /** Which workload commit a database holds: k = max(seq) of log, and t's row count, which must match log's. */
-export async function workloadState(db: string): Promise<{ k: number; rows: number }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "walship-state-"));
-  try {
-    const copy = path.join(dir, "state.db");
-    fs.copyFileSync(db, copy);
-    const con = await openSqlite(copy);
-    try {
-      const [r] = con.all<{ k: number; logged: number; rows: number }>(
-        "SELECT seq AS k, rows AS logged, (SELECT count(*) FROM t) AS rows FROM log ORDER BY seq DESC LIMIT 1",
-      );
-      assert.equal(Number(r.rows), Number(r.logged), `commit ${r.k} logged ${r.logged} rows of t, the file holds ${r.rows}`);
-      return { k: Number(r.k), rows: Number(r.rows) };
-    } finally {
-      con.close();
-    }
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+export function workloadState(db: string): Promise<{ k: number; rows: number }> {
+  return onCopy(db, (con) => {
+    const [r] = con.all<{ k: number; logged: number; rows: number }>(
+      "SELECT seq AS k, rows AS logged, (SELECT count(*) FROM t) AS rows FROM log ORDER BY seq DESC LIMIT 1",
+    );
+    assert.equal(Number(r.rows), Number(r.logged), `commit ${r.k} logged ${r.logged} rows of t, the file holds ${r.rows}`);
+    return { k: Number(r.k), rows: Number(r.rows) };
+  });
 }
 
 /** Every row of every table and the schema, as one string: equal strings mean equal contents. */
@@ -661,20 +595,8 @@ export function dumpDatabase(con: SqliteConnection): string {
 }
 
 /** {@linkcode dumpDatabase} of a file, read from a copy. */
-export async function dumpFile(db: string): Promise<string> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "walship-dump-"));
-  try {
-    const copy = path.join(dir, "dump.db");
-    fs.copyFileSync(db, copy);
-    const con = await openSqlite(copy);
-    try {
-      return dumpDatabase(con);
-    } finally {
-      con.close();
-    }
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+export function dumpFile(db: string): Promise<string> {
+  return onCopy(db, dumpDatabase);
 }
 
 /** One generation's objects as the replica lists them. */

@@ -10,23 +10,17 @@
  */
 
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import fs from "node:fs";
-import { createServer } from "node:net";
-import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { S3Client } from "@aws-sdk/client-s3";
 import { runCli } from "../src/cli/cli.ts";
 import { parseObjectKey } from "../src/replica/layout.ts";
 import type { ReplicaStorage } from "../src/replica/storage.ts";
 import { Replicator, type ReplicatorOptions } from "../src/replicate/replicator.ts";
-import { openSqlite, runtimeName, type SqliteConnection } from "./_runtime.ts";
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const MAIN = path.join(ROOT, "src", "cli", "main.ts");
-const RUNTIME_ARGS = runtimeName === "deno" ? ["run", "-A", MAIN] : [MAIN];
+import { openSqlite, type SqliteConnection } from "./_runtime.ts";
+import { spawnWalship, type SpawnWalshipOptions } from "./_util.ts";
 
 /** A secret no message may ever show; s3rver does not check secrets, so it works everywhere. */
 export const SECRET = "wsTestSecret-7f3a9c1e5b2d4f6a8c0e";
@@ -38,29 +32,20 @@ export interface CliRun {
   stderr: string;
 }
 
-/** Environment for a subprocess: the inherited one, minus AWS settings, plus `env`. */
-function childEnv(env: Record<string, string> = {}): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v !== undefined && !k.startsWith("AWS_") && k !== "WALSHIP_DEBUG") out[k] = v;
-  }
-  return { ...out, NO_COLOR: "1", ...env };
+/** Options for {@linkcode walship}. */
+export interface WalshipRunOptions extends SpawnWalshipOptions {
+  /** Milliseconds before the run is SIGKILLed; default 60 s. */
+  timeoutMs?: number;
 }
 
 /** Runs `walship <args>` as a subprocess of this runtime; kills it after `timeoutMs`. */
-export function walship(
-  args: string[],
-  options: { env?: Record<string, string>; timeoutMs?: number } = {},
-): Promise<CliRun> {
+export function walship(args: string[], options: WalshipRunOptions = {}): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...RUNTIME_ARGS, ...args], {
-      cwd: ROOT,
-      env: childEnv(options.env),
-    });
+    const child = spawnWalship(args, options);
     let stdout = "";
     let stderr = "";
-    child.stdout!.on("data", (d) => (stdout += d));
-    child.stderr!.on("data", (d) => (stderr += d));
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
     const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 60_000);
     child.on("error", reject);
     child.on("close", (code, signal) => {
@@ -89,15 +74,12 @@ export interface LiveCli {
 
 /** Starts `walship <args>` and returns at once. */
 export function startWalship(args: string[], env: Record<string, string> = {}): LiveCli {
-  const child = spawn(process.execPath, [...RUNTIME_ARGS, ...args], {
-    cwd: ROOT,
-    env: childEnv(env),
-  });
+  const child = spawnWalship(args, { env });
   let stdout = "";
   let stderr = "";
   let alive = true;
-  child.stdout!.on("data", (d) => (stdout += d));
-  child.stderr!.on("data", (d) => (stderr += d));
+  child.stdout.on("data", (d) => (stdout += d));
+  child.stderr.on("data", (d) => (stderr += d));
   const exited = new Promise<number>((resolve) =>
     child.on("close", (code) => {
       alive = false;
@@ -152,46 +134,6 @@ export function assertOneLineError(run: CliRun, ...patterns: Array<RegExp | stri
     } else assert.match(line, p);
   }
   return line;
-}
-
-/** A fresh temporary directory, removed by {@linkcode removeTempDirs}. */
-const dirs: string[] = [];
-export function tempDir(name: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `walship-${name}-`));
-  dirs.push(dir);
-  return dir;
-}
-export function removeTempDirs(): void {
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-}
-
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Polls `check` until it returns a truthy value or `timeoutMs` passes. */
-export async function waitFor<T>(
-  what: string,
-  check: () => T | Promise<T>,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-/** A TCP port nothing listens on (bound, then released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 export function sha256(file: string): string {

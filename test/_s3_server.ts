@@ -19,12 +19,12 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
+import { portAnswers, sleep, waitFor } from "./_util.ts";
 
 /** Options for {@linkcode startS3Server}. */
 export interface S3ServerOptions {
@@ -106,7 +106,7 @@ export async function startS3Server(options: S3ServerOptions = {}): Promise<S3Se
         const started = await spawnServer(args);
         child = started.child;
         port = started.port;
-        await waitForPort(port, 5_000);
+        await waitFor(`port ${port} to answer`, () => portAnswers(port), 5_000, 50);
         return;
       } catch (err) {
         lastError = err;
@@ -206,26 +206,4 @@ function killAndWait(child: ChildProcess, signal: "SIGKILL" | "SIGTERM"): Promis
     // directory, so an outage would sometimes lose the bucket's objects.
     process.kill(child.pid!, signal);
   });
-}
-
-/** Resolves once a TCP connection to the port succeeds. */
-async function waitForPort(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (true) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = connect({ host: "127.0.0.1", port });
-      socket.once("connect", () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once("error", () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`port ${port} does not answer`);
-    await sleep(50);
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

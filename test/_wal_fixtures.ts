@@ -14,9 +14,9 @@
 
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { openSqlite } from "./_runtime.ts";
+import { between, prng } from "./_util.ts";
 
 /** Which real SQLite writes a session. */
 export type Writer = "runtime" | "python" | "cli";
@@ -57,41 +57,7 @@ export const FRAME_HEADER = 24;
 export const CREATE_TABLE =
   "CREATE TABLE t(id INTEGER PRIMARY KEY, tx INTEGER NOT NULL, v BLOB NOT NULL)";
 
-/** A fresh directory under os.tmpdir(). */
-export function tempDir(name: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `walship-${name}-`));
-}
-
-/** Runs `fn` with a fresh temp directory and removes it afterwards. */
-export async function withTempDir<T>(
-  name: string,
-  fn: (dir: string) => T | Promise<T>,
-): Promise<T> {
-  const dir = tempDir(name);
-  try {
-    return await fn(dir);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** mulberry32: a small seeded PRNG giving u32s. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
-/** A random integer in [min, max]. */
-export function between(rand: () => number, min: number, max: number): number {
-  return min + (rand() % (max - min + 1));
-}
-
+/** `n` bytes from a seeded {@linkcode prng}. */
 export function randomBytes(rand: () => number, n: number): Uint8Array {
   const out = new Uint8Array(n);
   for (let i = 0; i < n; i++) out[i] = rand() & 0xff;

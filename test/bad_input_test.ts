@@ -18,18 +18,15 @@ import {
   assertOneLineError,
   assertRestoredK,
   buildReplica,
-  freePort,
   listDir,
   openWriter,
-  removeTempDirs,
   SECRET,
   startWalship,
-  tempDir,
-  waitFor,
   walship,
 } from "./_restore_fixtures.ts";
 import { type S3Server, startS3Server } from "./_s3_server.ts";
 import { test } from "./_runtime.ts";
+import { freePort, removeTempDirs, tempDir, waitFor } from "./_util.ts";
 
 /** A database written and closed by Python's sqlite3, in the given journal mode. */
 function pythonDb(file: string, journalMode: "wal" | "delete"): void {

@@ -13,7 +13,6 @@ import {
   DB_NAME,
   FRAME_HEADER,
   frameAt,
-  prng,
   randomBytes,
   readDbFiles,
   referenceChecksum,
@@ -21,9 +20,9 @@ import {
   standardSteps,
   u32be,
   WAL_HEADER,
-  withTempDir,
   type Writer,
 } from "./_wal_fixtures.ts";
+import { prng, withTempDir } from "./_util.ts";
 
 /** The chain over a whole WAL with walChecksum: [header checksum, frame 1, frame 2, ...]. */
 function chain(wal: Uint8Array, pageSize: number, bigEndian: boolean): [number, number][] {

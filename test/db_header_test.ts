@@ -9,7 +9,8 @@ import path from "node:path";
 import { WalshipError } from "../src/errors.ts";
 import { lockPage, parseDbHeader, SQLITE_MAGIC } from "../src/sqlite/db_header.ts";
 import { test } from "./_runtime.ts";
-import { prng, randomBytes, sqlite3, withTempDir } from "./_wal_fixtures.ts";
+import { randomBytes, sqlite3 } from "./_wal_fixtures.ts";
+import { prng, withTempDir } from "./_util.ts";
 
 function head(file: string): Uint8Array {
   return new Uint8Array(fs.readFileSync(file)).subarray(0, 100);

@@ -7,15 +7,12 @@
  */
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { runCli } from "../src/cli/cli.ts";
+import { cli, type CliRun, walship } from "./_restore_fixtures.ts";
 import { runtimeName, test } from "./_runtime.ts";
 import {
   DB_NAME,
-  prng,
   randomBytes,
   readDbFiles,
   runSession,
@@ -24,53 +21,17 @@ import {
   standardSteps,
   u32be,
   u32le,
-  withTempDir,
 } from "./_wal_fixtures.ts";
+import { prng, ROOT, withTempDir } from "./_util.ts";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const BINARY = path.join(ROOT, "dist", "walship");
 const PAGE = 4096;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-type Way = (args: string[]) => Promise<Run>;
+type Way = (args: string[]) => Promise<CliRun>;
 
-const inProcess: Way = async (args) => {
-  let stdout = "";
-  let stderr = "";
-  const line = (text: string) => (text.endsWith("\n") ? text : text + "\n");
-  const code = await runCli(args, {
-    out: (t) => void (stdout += line(t)),
-    err: (t) => void (stderr += line(t)),
-  });
-  return { code, stdout, stderr };
-};
-
-function spawned(command: string, prefix: string[]): Way {
-  return (args) =>
-    new Promise((resolve, reject) => {
-      const child = spawn(command, [...prefix, ...args], {
-        cwd: ROOT,
-        env: { ...process.env, NO_COLOR: "1" },
-      });
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (d) => (stdout += d));
-      child.stderr.on("data", (d) => (stderr += d));
-      child.on("error", reject);
-      child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    });
-}
-
-const mainTs = path.join(ROOT, "src", "cli", "main.ts");
-const subprocess = spawned(
-  process.execPath,
-  runtimeName === "deno" ? ["run", "-A", mainTs] : [mainTs],
-);
-const binary = spawned(BINARY, []);
+const inProcess: Way = cli;
+const subprocess: Way = (args) => walship(args);
+const binary: Way = (args) => walship(args, { executable: BINARY });
 
 /** Writes the databases the CLI is run on and what it must print for each. */
 async function fixtures(dir: string) {
@@ -165,7 +126,7 @@ async function fixtures(dir: string) {
 async function checkWay(way: Way) {
   await withTempDir("inspect-cli", async (dir) => {
     const f = await fixtures(dir);
-    const ok = (stdout: string): Run => ({ code: 0, stdout, stderr: "" });
+    const ok = (stdout: string): CliRun => ({ code: 0, stdout, stderr: "" });
 
     assert.deepEqual(await way(["inspect", f.wal.db, "--json"]), ok(f.wal.json));
     assert.deepEqual(Object.keys(JSON.parse(f.wal.json)), ["database", "wal", "shm"]);

@@ -28,17 +28,14 @@ import {
   assertRestoredK,
   openWriter,
   readRestored,
-  removeTempDirs,
   replicatorFor,
   SECRET,
   sha256,
-  sleep,
-  tempDir,
   walship,
 } from "./_restore_fixtures.ts";
 import { startS3Server } from "./_s3_server.ts";
 import { test } from "./_runtime.ts";
-import { prng } from "./_wal_fixtures.ts";
+import { prng, removeTempDirs, sleep, tempDir } from "./_util.ts";
 
 const COMMITS = 10;
 /** How late walship may observe a commit and still count as on time (the brief's bound). */

@@ -6,9 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { WalshipError } from "../src/errors.ts";
@@ -18,14 +16,9 @@ import { S3Storage } from "../src/replica/s3.ts";
 import type { ReplicaStorage } from "../src/replica/storage.ts";
 import { type S3Server, startS3Server } from "./_s3_server.ts";
 import { test } from "./_runtime.ts";
+import { freePort, portAnswers, removeTempDirs, tempDir } from "./_util.ts";
 
 const MiB = 1024 * 1024;
-const tempDirs: string[] = [];
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "walship-storage-test-"));
-  tempDirs.push(dir);
-  return dir;
-}
 
 let shared: Promise<S3Server> | undefined;
 const s3 = () => (shared ??= startS3Server());
@@ -56,7 +49,7 @@ const backends: Backend[] = [
   {
     name: "file",
     fresh() {
-      const dir = tempDir();
+      const dir = tempDir("storage-test");
       return Promise.resolve({ at: (prefix: string) => openReplica(join(dir, prefix)) });
     },
     listRequests: () => 1,
@@ -147,7 +140,7 @@ for (const b of backends) {
     const storage = (await b.fresh()).at("r");
     const commands = recordCommands(storage);
     const data = new Uint8Array(randomBytes(20 * MiB + 12_345));
-    const path = join(tempDir(), "snapshot");
+    const path = join(tempDir("storage-test"), "snapshot");
     writeFileSync(path, data);
     await storage.put("gen/snapshot", { path, size: data.length });
     const got = await storage.get("gen/snapshot");
@@ -173,7 +166,7 @@ for (const b of backends) {
   test(`${b.name}: a file body stores exactly its declared size`, async () => {
     const storage = (await b.fresh()).at("r");
     const data = new Uint8Array(randomBytes(5_000));
-    const path = join(tempDir(), "grown");
+    const path = join(tempDir("storage-test"), "grown");
     writeFileSync(path, data);
     await storage.put("k", { path, size: 1_000 });
     assert.deepEqual(await storage.get("k"), data.subarray(0, 1_000));
@@ -182,7 +175,7 @@ for (const b of backends) {
   test(`${b.name}: a file shorter than its declared size fails and stores nothing`, async () => {
     const storage = (await b.fresh()).at("r");
     const commands = recordCommands(storage);
-    const dir = tempDir();
+    const dir = tempDir("storage-test");
     writeFileSync(join(dir, "small"), new Uint8Array(100));
     const small = await rejects(
       storage.put("small", { path: join(dir, "small"), size: 200 }),
@@ -366,7 +359,7 @@ test("s3: a missing bucket gives NO_BUCKET on put, get and list", async () => {
 });
 
 test("s3: an unreachable endpoint gives UNREACHABLE (transient) within a few seconds", async () => {
-  const port = await closedPort();
+  const port = await freePort();
   const env = {
     AWS_ACCESS_KEY_ID: "S3RVER",
     AWS_SECRET_ACCESS_KEY: "S3RVER",
@@ -407,7 +400,7 @@ test("s3: during an outage operations fail UNREACHABLE, after restart the data i
 // ---- file only ----
 
 test("file: a replica below a regular file fails with a one-line IO error naming the path", async () => {
-  const dir = tempDir();
+  const dir = tempDir("storage-test");
   writeFileSync(join(dir, "file.txt"), "not a directory");
   const storage = new FileStorage(join(dir, "file.txt", "sub"));
   const err = await rejects(storage.put("seg/0001", text("x")), "IO");
@@ -420,7 +413,7 @@ test("file: a replica below a regular file fails with a one-line IO error naming
 });
 
 test("file: puts leave no temp files, and leftover temp files are not listed", async () => {
-  const dir = tempDir();
+  const dir = tempDir("storage-test");
   const storage = new FileStorage(dir);
   await storage.put("seg/0001", text("one"));
   await storage.put("seg/0001", text("two"));
@@ -438,29 +431,5 @@ test("teardown: the shared S3 server stops and its port closes", async () => {
     await server.close();
     assert.equal(await portAnswers(server.port), false);
   }
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  removeTempDirs();
 });
-
-/** A port on 127.0.0.1 nothing listens on. */
-function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function portAnswers(port: number): Promise<boolean> {
-  const { connect } = await import("node:net");
-  return new Promise((resolve) => {
-    const socket = connect({ host: "127.0.0.1", port });
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-  });
-}

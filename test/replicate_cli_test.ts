@@ -27,16 +27,15 @@ import {
   integrityCheck,
   PythonWriter,
   restoreTo,
-  sleep,
   startReplicate,
   testSeed,
-  withScratch,
   workloadState,
 } from "./_replication_fixtures.ts";
+import { sleep, withTempDir } from "./_util.ts";
 
 for (const backend of BACKENDS) {
   test(`${backend}: replicate waits for a database that does not exist yet, then replicates it`, () =>
-    withScratch("late-db", async (dir) => {
+    withTempDir("late-db", async (dir) => {
       const replica = await freshReplica(backend, dir);
       const db = path.join(dir, "app.db");
       const p = startReplicate(db, replica);
@@ -65,7 +64,7 @@ for (const backend of BACKENDS) {
     }));
 
   test(`${backend}: a rollback-journal database is refused with exit 1 and one line naming PRAGMA journal_mode=WAL`, () =>
-    withScratch("rollback", async (dir) => {
+    withTempDir("rollback", async (dir) => {
       const replica = await freshReplica(backend, dir);
       const db = path.join(dir, "app.db");
       const made = spawnSync("sqlite3", [db, "CREATE TABLE t(a); INSERT INTO t VALUES (randomblob(5000));"], { encoding: "utf8" });
@@ -86,7 +85,7 @@ for (const backend of BACKENDS) {
     }));
 
   test(`${backend}: SIGTERM ships every commit still waiting for the sync interval, then exits 0`, () =>
-    withScratch("sigterm", async (dir) => {
+    withTempDir("sigterm", async (dir) => {
       const replica = await freshReplica(backend, dir);
       const db = path.join(dir, "app.db");
       // No checkpoints at all: nothing but SIGTERM can get the last commits shipped.
@@ -123,7 +122,7 @@ for (const backend of BACKENDS) {
     }));
 
   test(`${backend}: the app closing its last connection (WAL checkpointed and deleted) loses nothing`, () =>
-    withScratch("app-close", async (dir) => {
+    withTempDir("app-close", async (dir) => {
       const replica = await freshReplica(backend, dir);
       const db = path.join(dir, "app.db");
       // The last commits, the close's checkpoint and the WAL's deletion follow
@@ -159,7 +158,7 @@ for (const backend of BACKENDS) {
 }
 
 test("SIGTERM while waiting for the database to appear exits 0 at once", () =>
-  withScratch("sigterm-waiting", async (dir) => {
+  withTempDir("sigterm-waiting", async (dir) => {
     const replica = await freshReplica("file", dir);
     const db = path.join(dir, "never.db");
     const p = startReplicate(db, replica);

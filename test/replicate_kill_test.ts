@@ -16,27 +16,24 @@ import {
   assertContiguous,
   assertSameFile,
   BACKENDS,
-  between,
   checkTxids,
   cliGenerations,
   cliRestore,
   closeSharedS3,
   freshReplica,
   integrityCheck,
-  prng,
   PythonWriter,
   readSideFile,
-  sleep,
   startReplicate,
   testSeed,
   type WalshipProcess,
-  withScratch,
   workloadState,
 } from "./_replication_fixtures.ts";
+import { between, prng, sleep, withTempDir } from "./_util.ts";
 
 for (const backend of BACKENDS) {
   test(`${backend}: replicate SIGKILLed four times under a live writer loses nothing and every txid restores`, () =>
-    withScratch("kill", async (dir) => {
+    withTempDir("kill", async (dir) => {
       const seed = testSeed();
       const rand = prng(seed);
       const why = `(seed ${seed}, WALSHIP_TEST_SEED reproduces the schedule)`;

@@ -19,14 +19,12 @@ import {
   integrityCheck,
   PythonWriter,
   restoreTo,
-  sleep,
   startReplicate,
   testSeed,
-  waitFor,
   type WalshipProcess,
-  withScratch,
   workloadState,
 } from "./_replication_fixtures.ts";
+import { sleep, waitFor, withTempDir } from "./_util.ts";
 
 const OUTAGE_MS = 10_000;
 
@@ -40,7 +38,7 @@ function waiting(cacheDir: string): number {
 }
 
 test("s3: a 10 s outage mid-write is logged once, buffered in the cache, drained in order, and loses nothing", () =>
-  withScratch("outage", async (dir) => {
+  withTempDir("outage", async (dir) => {
     const seed = testSeed();
     const server = await startS3Server();
     const db = path.join(dir, "app.db");

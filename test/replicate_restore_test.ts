@@ -20,7 +20,6 @@ import {
   assertContiguous,
   assertSameFile,
   BACKENDS,
-  between,
   checkpoint,
   checkTxids,
   cliRestore,
@@ -30,20 +29,18 @@ import {
   freshReplica,
   integrityCheck,
   openRuntimeWriter,
-  prng,
   PythonWriter,
   recordingLog,
   restoreTo,
   runtimeTransaction,
-  sleep,
   testSeed,
-  withScratch,
   workloadState,
 } from "./_replication_fixtures.ts";
+import { between, prng, sleep, withTempDir } from "./_util.ts";
 
 for (const backend of BACKENDS) {
   test(`${backend}: a random workload with schema changes restores byte for byte, latest and by txid`, () =>
-    withScratch("random-workload", async (dir) => {
+    withTempDir("random-workload", async (dir) => {
       const seed = testSeed();
       const rand = prng(seed);
       const why = `(seed ${seed}, WALSHIP_TEST_SEED reproduces it)`;
@@ -118,7 +115,7 @@ for (const backend of BACKENDS) {
     }));
 
   test(`${backend}: the app's own PASSIVE and TRUNCATE checkpoints and a VACUUM restore byte for byte`, () =>
-    withScratch("app-checkpoints", async (dir) => {
+    withTempDir("app-checkpoints", async (dir) => {
       const seed = testSeed();
       const rand = prng(seed);
       const why = `(seed ${seed})`;

@@ -20,18 +20,17 @@ import {
   assertSameFile,
   freshReplica,
   openRuntimeWriter,
-  prng,
   restoreTo,
   runtimeTransaction,
   runWalship,
   startReplicate,
   testSeed,
-  withScratch,
   workloadState,
 } from "./_replication_fixtures.ts";
+import { prng, withTempDir } from "./_util.ts";
 
 test("SIGTERM during an outage exits 1 after --shutdown-timeout; the next start uploads what waited", () =>
-  withScratch("shutdown-outage", async (dir) => {
+  withTempDir("shutdown-outage", async (dir) => {
     const s3 = await startS3Server();
     try {
       const replica = await freshReplica("s3", dir, s3);
@@ -74,7 +73,7 @@ test("SIGTERM during an outage exits 1 after --shutdown-timeout; the next start 
   }));
 
 test("restore passes over a newer generation with no snapshot, and says so on stderr", () =>
-  withScratch("skipped-generation", async (dir) => {
+  withTempDir("skipped-generation", async (dir) => {
     const replica = await freshReplica("file", dir);
     const db = path.join(dir, "app.db");
     const con = await openRuntimeWriter(db);

@@ -18,15 +18,14 @@ import {
   cli,
   listDir,
   openWriter,
-  removeTempDirs,
   replicatorFor,
   SECRET,
   sha256,
-  tempDir,
   walship,
 } from "./_restore_fixtures.ts";
 import { startS3Server } from "./_s3_server.ts";
 import { test } from "./_runtime.ts";
+import { removeTempDirs, tempDir } from "./_util.ts";
 
 test("an existing output: refused without --force, replaced with it, stale -wal and -shm removed", async () => {
   try {

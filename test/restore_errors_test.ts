@@ -28,15 +28,14 @@ import {
   copyReplica,
   listDir,
   rawS3,
-  removeTempDirs,
   SECRET,
   sha256,
-  tempDir,
   walship,
 } from "./_restore_fixtures.ts";
 import { type S3Server, startS3Server } from "./_s3_server.ts";
 import { test } from "./_runtime.ts";
 import { sqlite3 } from "./_wal_fixtures.ts";
+import { removeTempDirs, tempDir } from "./_util.ts";
 
 /** Commits after the snapshot: txids 1 (snapshot, k = 0) .. COMMITS + 1. */
 const COMMITS = 6;

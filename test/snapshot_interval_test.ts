@@ -19,17 +19,15 @@ import {
   freshReplica,
   integrityCheck,
   openRuntimeWriter,
-  prng,
   restoreTo,
   runtimeTransaction,
-  sleep,
   testSeed,
-  withScratch,
 } from "./_replication_fixtures.ts";
+import { prng, sleep, withTempDir } from "./_util.ts";
 
 for (const backend of BACKENDS) {
   test(`${backend}: periodic snapshots taken during writes are consistent images of their txid`, () =>
-    withScratch("snapshot-interval", async (dir) => {
+    withTempDir("snapshot-interval", async (dir) => {
       const replica = await freshReplica(backend, dir);
       const db = path.join(dir, "app.db");
       const con = await openRuntimeWriter(db, ["PRAGMA wal_autocheckpoint=0"]);

@@ -21,7 +21,6 @@ import {
   FRAME_HEADER,
   insertRows,
   placeDb,
-  prng,
   readDbFiles,
   referenceFrames,
   rewriteByteOrder,
@@ -30,8 +29,8 @@ import {
   sqliteView,
   standardSteps,
   u32be,
-  withTempDir,
 } from "./_wal_fixtures.ts";
+import { prng, withTempDir } from "./_util.ts";
 
 const PAGE = 1024;
 const QUERY = "SELECT id, tx, hex(v) FROM t ORDER BY id;\nPRAGMA integrity_check;\n";

@@ -19,9 +19,9 @@ import {
   runSession,
   sqliteViews,
   standardSteps,
-  withTempDir,
   type Writer,
 } from "./_wal_fixtures.ts";
+import { withTempDir } from "./_util.ts";
 
 const PAGE = 1024;
 const ROWS = 4;

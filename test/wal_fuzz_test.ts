@@ -20,7 +20,6 @@ import {
 } from "../src/sqlite/wal_scanner.ts";
 import { test } from "./_runtime.ts";
 import {
-  between,
   bulkInsert,
   DB_NAME,
   type DbFiles,
@@ -29,14 +28,13 @@ import {
   frameOfByte,
   insertRows,
   placeDb,
-  prng,
   readDbFiles,
   runSession,
   sqliteViews,
   standardSteps,
   WAL_HEADER,
-  withTempDir,
 } from "./_wal_fixtures.ts";
+import { between, prng, withTempDir } from "./_util.ts";
 
 const ITERATIONS = 400;
 const SQLITE_SAMPLE = 40;

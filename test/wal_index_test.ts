@@ -16,7 +16,8 @@ import {
 } from "../src/sqlite/wal_index.ts";
 import { readWalHeader, scanFrames } from "../src/sqlite/wal_scanner.ts";
 import { openSqlite, test } from "./_runtime.ts";
-import { CREATE_TABLE, DB_NAME, insertRows, prng, u32le, withTempDir } from "./_wal_fixtures.ts";
+import { CREATE_TABLE, DB_NAME, insertRows, u32le } from "./_wal_fixtures.ts";
+import { prng, withTempDir } from "./_util.ts";
 
 const PAGE = 4096;
 

@@ -21,9 +21,9 @@ import {
   u32be,
   u32le,
   WAL_HEADER,
-  withTempDir,
   type Writer,
 } from "./_wal_fixtures.ts";
+import { withTempDir } from "./_util.ts";
 
 const cases: { pageSize: number; writer: Writer; rows: number; size: [number, number] }[] = [
   { pageSize: 512, writer: "runtime", rows: 12, size: [40, 700] },

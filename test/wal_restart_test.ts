@@ -20,16 +20,15 @@ import {
   DB_NAME,
   frameAt,
   insertRows,
-  prng,
   readDbFiles,
   runSession,
   sqliteView,
   standardSteps,
   u32be,
   u32le,
-  withTempDir,
   type Writer,
 } from "./_wal_fixtures.ts";
+import { prng, withTempDir } from "./_util.ts";
 
 const PAGE = 1024;
 const ROWS = 4;

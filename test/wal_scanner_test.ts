@@ -25,12 +25,11 @@ import {
   FRAME_HEADER,
   frameAt,
   insertRows,
-  prng,
   readDbFiles,
   runSession,
   standardSteps,
-  withTempDir,
 } from "./_wal_fixtures.ts";
+import { prng, withTempDir } from "./_util.ts";
 
 const PAGE = 1024;
 const FRAME = FRAME_HEADER + PAGE;

@@ -20,8 +20,8 @@ import {
   runSession,
   sqliteView,
   standardSteps,
-  withTempDir,
 } from "./_wal_fixtures.ts";
+import { withTempDir } from "./_util.ts";
 
 const ROWS = 5;
 

@@ -23,6 +23,7 @@ import {
 import { dirname, join, relative } from "node:path";
 import { pathToFileURL } from "node:url";
 import { WalshipError } from "../errors.ts";
+import { emptyStats } from "./storage.ts";
 import type { ObjectInfo, PutBody, ReplicaStorage, StorageStats } from "./storage.ts";
 
 // A put's temp file: `<key>.tmp-<16 hex>`; listings skip these leftovers.
@@ -41,14 +42,7 @@ const CHUNK = 1 << 20;
  */
 export class FileStorage implements ReplicaStorage {
   readonly location: string;
-  readonly stats: StorageStats = {
-    puts: 0,
-    gets: 0,
-    lists: 0,
-    deletes: 0,
-    bytesUp: 0,
-    bytesDown: 0,
-  };
+  readonly stats: StorageStats = emptyStats();
   readonly #root: string;
 
   /** `dir` must be absolute (see `parseReplicaUrl`). */

@@ -22,6 +22,7 @@ import {
 import { type FileHandle, open } from "node:fs/promises";
 import process from "node:process";
 import { WalshipError } from "../errors.ts";
+import { emptyStats } from "./storage.ts";
 import type { ObjectInfo, PutBody, ReplicaStorage, StorageStats } from "./storage.ts";
 import type { S3ReplicaUrl } from "./url.ts";
 
@@ -57,14 +58,7 @@ const DELETE_BATCH = 1000;
  */
 export class S3Storage implements ReplicaStorage {
   readonly location: string;
-  readonly stats: StorageStats = {
-    puts: 0,
-    gets: 0,
-    lists: 0,
-    deletes: 0,
-    bytesUp: 0,
-    bytesDown: 0,
-  };
+  readonly stats: StorageStats = emptyStats();
   /** The SDK client, for tests and callers that need an extra middleware. */
   readonly client: S3Client;
   readonly #bucket: string;

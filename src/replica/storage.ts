@@ -28,6 +28,19 @@ export interface StorageStats {
   bytesDown: number;
 }
 
+/**
+ * Counters at zero, for a backend just opened.
+ *
+ * @example
+ * ```ts
+ * const stats = emptyStats();
+ * stats.puts++;
+ * ```
+ */
+export function emptyStats(): StorageStats {
+  return { puts: 0, gets: 0, lists: 0, deletes: 0, bytesUp: 0, bytesDown: 0 };
+}
+
 /** A place that holds replica objects. */
 export interface ReplicaStorage {
   /** Where this is, for messages: `s3://bucket/prefix` or `file:///dir`; never holds secrets. */
