@@ -23,7 +23,10 @@ import process from "node:process";
 import { pathToFileURL } from "node:url";
 import type { Log, LogFields } from "../src/log.ts";
 import { openReplica } from "../src/replica/open_replica.ts";
+import { decodeObject } from "../src/replica/object_format.ts";
+import { decodeSegmentBody } from "../src/replica/segment.ts";
 import type { ReplicaStorage } from "../src/replica/storage.ts";
+import { zstdDecompress } from "../src/replica/zstd.ts";
 import type { GenerationInfo } from "../src/restore/describe.ts";
 import { listGeneration, listGenerations } from "../src/restore/plan.ts";
 import type { RestoreTarget } from "../src/restore/plan.ts";
@@ -267,9 +270,12 @@ export interface WriterDone {
 
 // The workload, in Python's sqlite3 (a separate process and another SQLite
 // build than the runtime's). Commands on stdin: "go" starts a gated writer,
-// "stop" ends the loop (then a
+// "truncate" runs PRAGMA wal_checkpoint(TRUNCATE) after the next commit and
+// answers "T busy log checkpointed", "stop" ends the loop (then a
 // TRUNCATE checkpoint unless finalCheckpoint is false, and "DONE {...}"),
-// "close" closes the connection.
+// "close" closes the connection. The side file gets "k rows ms" per commit,
+// ms being the Unix time just before COMMIT: no restore observed before it
+// can hold commit k.
 const WORKLOAD = String.raw`
 import json, random, sqlite3, sys, threading, time
 spec = json.loads(sys.argv[1])
@@ -277,9 +283,11 @@ rnd = random.Random(spec["seed"])
 stop = threading.Event()
 close = threading.Event()
 go = threading.Event()
+truncates = []
 def commands():
     for line in sys.stdin:
         if line.strip() == "go": go.set()
+        if line.strip() == "truncate": truncates.append(1)
         if line.strip() == "stop": stop.set()
         if line.strip() == "close": close.set()
     go.set(); stop.set(); close.set()
@@ -334,11 +342,15 @@ while not stop.is_set() and n < spec.get("maxTransactions", 10**9):
         else:
             schema_change()
     con.execute("INSERT INTO log VALUES (?, (SELECT count(*) FROM t))", (k,))
+    before = int(time.time() * 1000)
     con.execute("COMMIT")
     rows = con.execute("SELECT count(*) FROM t").fetchone()[0]
     if side:
-        side.write("%d %d\n" % (k, rows)); side.flush()
+        side.write("%d %d %d\n" % (k, rows, before)); side.flush()
     out("C %d %d" % (k, rows))
+    while truncates:
+        truncates.pop()
+        out("T %d %d %d" % tuple(con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()))
     if spec.get("passiveEvery") and n % spec["passiveEvery"] == 0:
         done["passive"].append(list(con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()))
     if spec.get("truncateEvery") and n % spec["truncateEvery"] == 0:
@@ -366,6 +378,7 @@ export class PythonWriter {
   #out = "";
   #err = "";
   #done: WriterDone | null = null;
+  #truncated: number[][] = [];
   #closed = false;
   #exited: Promise<number | null>;
   ready = false;
@@ -385,7 +398,8 @@ export class PythonWriter {
           const [, k, rows] = line.split(" ");
           this.commits = Number(k);
           this.rows = Number(rows);
-        } else if (line.startsWith("DONE ")) this.#done = JSON.parse(line.slice(5));
+        } else if (line.startsWith("T ")) this.#truncated.push(line.slice(2).split(" ").map(Number));
+        else if (line.startsWith("DONE ")) this.#done = JSON.parse(line.slice(5));
         else if (line === "CLOSED") this.#closed = true;
         else if (line === "READY") this.ready = true;
       }
@@ -422,6 +436,17 @@ export class PythonWriter {
     await waitFor(`${n} commits by the Python writer`, () => this.commits >= n || this.#failed(), timeoutMs);
   }
 
+  /**
+   * Has the running loop checkpoint with TRUNCATE after its next commit (the
+   * WAL then starts over); resolves with the checkpoint's (busy, log, checkpointed).
+   */
+  async truncate(timeoutMs = 30_000): Promise<number[]> {
+    const before = this.#truncated.length;
+    this.child.stdin!.write("truncate\n");
+    await waitFor("the Python writer's TRUNCATE checkpoint", () => this.#truncated.length > before || this.#failed(), timeoutMs);
+    return this.#truncated[before];
+  }
+
   /** Stops the loop (if it has not stopped by itself); the writer then checkpoints with TRUNCATE. */
   async finish(timeoutMs = 30_000): Promise<WriterDone> {
     this.child.stdin!.write("stop\n");
@@ -446,6 +471,17 @@ export class PythonWriter {
   dispose(): void {
     if (this.child.exitCode === null) this.child.kill("SIGKILL");
   }
+}
+
+/** Reads the writer's side file: commit k → Unix ms just before its COMMIT. */
+export function readSideTimes(file: string): Map<number, number> {
+  const m = new Map<number, number>();
+  for (const line of fs.readFileSync(file, "utf8").split("\n")) {
+    if (!line) continue;
+    const [k, , ms] = line.split(" ").map(Number);
+    m.set(k, ms);
+  }
+  return m;
 }
 
 /** Reads the writer's side file: commit k → rows of t after it. */
@@ -644,6 +680,28 @@ export async function assertContiguous(replica: Replica): Promise<GenerationObje
   return out;
 }
 
+/**
+ * The txids of every heal ('P' record) in the replica, read from the
+ * segments themselves: a process killed right after shipping a heal may
+ * never have logged it.
+ */
+export async function replicaHeals(replica: Replica, gens: GenerationObjects[]): Promise<number[]> {
+  const heals: number[] = [];
+  for (const g of gens) {
+    for (const s of (await listGeneration(replica.storage, g.generation)).segments) {
+      const { meta, payload } = decodeObject(await replica.storage.get(s.key), s.key);
+      let txid = s.firstTxid - 1;
+      for (const r of decodeSegmentBody(zstdDecompress(payload), meta.pageSize, s.key)) {
+        if (r.tag === "header") continue;
+        txid++;
+        if (r.tag === "heal") heals.push(txid);
+      }
+      assert.equal(txid, s.lastTxid, `${s.key} holds txids ${s.firstTxid}..${txid}`);
+    }
+  }
+  return heals;
+}
+
 /** What {@linkcode checkTxids} restored. */
 export interface CheckedTxid {
   generation: string;
@@ -652,28 +710,46 @@ export interface CheckedTxid {
   k: number;
 }
 
+/** Options for {@linkcode checkTxids}. */
+export interface CheckTxidsOptions {
+  /** Random txids checked per generation besides its first; default 2. */
+  perGeneration?: number;
+  /** Txids to check as well (those outside every generation are left out). */
+  txids?: number[];
+  /** The writer's side file ({@linkcode readSideFile}): each state must be a (k, rows) pair it recorded. */
+  side?: Map<number, number>;
+  /**
+   * The heals' txids. Given, two checked txids of one generation with no heal
+   * in between (t1 < heal <= t2) must be exactly t2 - t1 commits apart: a
+   * segment's txid is one commit; only a heal's, or a new generation's
+   * snapshot, stands for any number of them.
+   */
+  heals?: number[];
+}
+
 /**
- * Restores, in every generation, its first txid and `perGeneration` random
- * later ones, and checks each: exactly that txid, `integrity_check` ok, a
- * whole workload state (and the row count the writer recorded for that
- * commit, given `side`). With `exact`, every txid after a generation's
- * snapshot must be exactly one commit: k(T) - k(first) = T - first.
+ * Restores, in every generation, its first txid, `perGeneration` random
+ * later ones and the given `txids`, and checks each: exactly that txid, from
+ * its generation, `integrity_check` ok, a whole workload state that the
+ * writer recorded (given `side`). Taken in txid order, across generations,
+ * the restored commits never go back: a later txid is never an earlier state.
  */
 export async function checkTxids(
   replica: Replica,
   gens: GenerationObjects[],
   rand: () => number,
   dir: string,
-  options: { perGeneration?: number; exact?: boolean; side?: Map<number, number> } = {},
+  options: CheckTxidsOptions = {},
 ): Promise<CheckedTxid[]> {
   const checked: CheckedTxid[] = [];
   const out = path.join(dir, "txid-check.db");
+  const heals = options.heals ?? null;
   for (const g of gens) {
     const txids = new Set([g.firstTxid]);
     for (let i = 0; i < (options.perGeneration ?? 2) && g.lastTxid > g.firstTxid; i++) {
       txids.add(between(rand, g.firstTxid + 1, g.lastTxid));
     }
-    let firstK = -1;
+    for (const t of options.txids ?? []) if (t >= g.firstTxid && t <= g.lastTxid) txids.add(t);
     for (const txid of [...txids].sort((a, b) => a - b)) {
       const r = await restoreTo(replica, out, { txid });
       assert.equal(r.txid, txid);
@@ -682,11 +758,14 @@ export async function checkTxids(
       const { k, rows } = await workloadState(out);
       if (options.side) {
         const recorded = k === 0 ? 0 : options.side.get(k);
-        assert.equal(rows, recorded, `txid ${txid} is commit ${k}: the writer recorded ${recorded} rows`);
+        assert.equal(rows, recorded, `txid ${txid} is commit ${k} with ${rows} rows: the writer recorded ${recorded} rows`);
       }
-      if (txid === g.firstTxid) firstK = k;
-      else if (options.exact) {
-        assert.equal(k - firstK, txid - g.firstTxid, `txid ${txid} of ${g.generation} should be commit ${firstK + txid - g.firstTxid}`);
+      const prev = checked.at(-1);
+      if (prev) {
+        assert.ok(k >= prev.k, `txid ${txid} is commit ${k}, an earlier state than txid ${prev.txid} (commit ${prev.k})`);
+        if (heals && prev.generation === g.generation && !heals.some((h) => h > prev.txid && h <= txid)) {
+          assert.equal(k - prev.k, txid - prev.txid, `txids ${prev.txid}..${txid} of ${g.generation} hold no heal: one commit each`);
+        }
       }
       checked.push({ generation: g.generation, txid, k });
     }

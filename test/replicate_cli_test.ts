@@ -7,8 +7,10 @@
  *   says how to switch it (`PRAGMA journal_mode=WAL`), touching nothing;
  * - SIGTERM ships every commit still waiting for its sync interval, then
  *   exits 0; SIGTERM while still waiting for the database exits 0 too;
- * - the application closing its last connection (SQLite then checkpoints
- *   and deletes the WAL) while walship runs loses nothing.
+ * - the application closing its last connection: pinned (the default),
+ *   SQLite can neither checkpoint nor delete the WAL, and nothing needs
+ *   repair; with --no-pin it deletes the WAL, and walship heals with a
+ *   logged reason. Either way the restore equals the source.
  */
 
 import assert from "node:assert/strict";
@@ -31,7 +33,15 @@ import {
   testSeed,
   workloadState,
 } from "./_replication_fixtures.ts";
-import { sleep, withTempDir } from "./_util.ts";
+import { sleep, waitFor, withTempDir } from "./_util.ts";
+
+/** A TRUNCATE checkpoint of argv[1] from a fresh Python connection; prints (busy, log, checkpointed). */
+const CHECKPOINT_PY = `
+import json, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+print(json.dumps(list(con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())))
+con.close()
+`;
 
 for (const backend of BACKENDS) {
   test(`${backend}: replicate waits for a database that does not exist yet, then replicates it`, () =>
@@ -121,8 +131,56 @@ for (const backend of BACKENDS) {
       }
     }));
 
-  test(`${backend}: the app closing its last connection (WAL checkpointed and deleted) loses nothing`, () =>
-    withTempDir("app-close", async (dir) => {
+  test(`${backend}: pinned, the app closing its last connection cannot delete the WAL, and nothing needs repair`, () =>
+    withTempDir("app-close-pinned", async (dir) => {
+      const replica = await freshReplica(backend, dir);
+      const db = path.join(dir, "app.db");
+      // The last commits and the close follow one another within microseconds.
+      const writer = await PythonWriter.start(db, {
+        seed: testSeed(),
+        maxTransactions: 80,
+        sleepMs: [0, 1],
+        finalCheckpoint: false,
+        closeAtEnd: true,
+        gate: true,
+      });
+      const p = startReplicate(db, replica);
+      try {
+        await p.waitForLog(/^replicating$/);
+        assert.ok(p.log.some((l) => /^pinned/.test(l.message)), `walship says it is pinned:\n${p.stderr}`);
+        writer.go();
+        const done = await writer.done();
+        // walship holds the database's SHARED lock: the closing connection cannot
+        // take EXCLUSIVE, so it neither checkpoints nor deletes the WAL.
+        assert.equal(fs.existsSync(`${db}-wal`), true, "the WAL outlives the app's last connection");
+        assert.ok(fs.statSync(`${db}-wal`).size > 0, "and still holds its frames");
+        // One generation whose snapshot is txid 1, then exactly one txid per commit.
+        await waitFor(
+          () => `txid ${1 + done.commits} in the replica; stderr:\n${p.stderr}`,
+          async () => (await assertContiguous(replica).catch(() => []))?.at(-1)?.lastTxid === 1 + done.commits,
+        );
+        assert.equal(await p.terminate(), 0, p.stderr);
+        const gens = await assertContiguous(replica);
+        assert.equal(gens.length, 1, "no new generation");
+        assert.deepEqual(p.log.filter((l) => l.level === "warn" || l.level === "error"), [], "no warning");
+        assert.deepEqual(p.log.filter((l) => /heal|repair|continuity lost/i.test(l.message)), [], "no heal, no repair");
+        // Now nothing holds the database: checkpoint its WAL into the file and compare.
+        const ck = spawnSync("python3", ["-c", CHECKPOINT_PY, db], { encoding: "utf8" });
+        assert.equal(ck.status, 0, ck.stderr);
+        assert.deepEqual(JSON.parse(ck.stdout), [0, 0, 0], "the source's TRUNCATE checkpoint went through");
+        const latest = path.join(dir, "latest.db");
+        const r = await restoreTo(replica, latest);
+        assert.equal(r.txid, 1 + done.commits);
+        assert.equal((await workloadState(latest)).k, done.commits, "the last commits before the close were shipped");
+        assertSameFile(latest, db);
+      } finally {
+        p.signal("SIGKILL");
+        await writer.close().catch(() => writer.dispose());
+      }
+    }));
+
+  test(`${backend}: with --no-pin, the app closing its last connection deletes the WAL; walship heals with a logged reason`, () =>
+    withTempDir("app-close-unpinned", async (dir) => {
       const replica = await freshReplica(backend, dir);
       const db = path.join(dir, "app.db");
       // The last commits, the close's checkpoint and the WAL's deletion follow
@@ -135,21 +193,28 @@ for (const backend of BACKENDS) {
         closeAtEnd: true,
         gate: true,
       });
-      const p = startReplicate(db, replica);
+      const p = startReplicate(db, replica, { extra: ["--no-pin"] });
       try {
         await p.waitForLog(/^replicating$/);
         writer.go();
         const done = await writer.done();
-        assert.equal(fs.existsSync(`${db}-wal`), false, "SQLite deleted the WAL");
-        await sleep(500);
+        assert.equal(fs.existsSync(`${db}-wal`), false, "unpinned, SQLite deleted the WAL");
+        // The deleted WAL leaves continuity unproven: walship must say so and heal
+        // (or start a new generation) before it can stop cleanly.
+        const lost = await p.waitForLog(/continuity lost/);
+        assert.equal(lost.level, "warn");
+        assert.match(lost.message, /continuity lost: .*(WAL was deleted|went by unread|rebuilt)/, "the reason is named");
+        assert.match(lost.message, /healed by shipping|new generation/);
+        await sleep(300);
         assert.equal(await p.terminate(), 0, p.stderr);
         const latest = path.join(dir, "latest.db");
-        await restoreTo(replica, latest);
+        const r = await restoreTo(replica, latest);
         assert.equal((await workloadState(latest)).k, done.commits, "the last commits before the close were shipped");
         assertSameFile(latest, db);
         const gens = await assertContiguous(replica);
-        const warnings = p.log.filter((l) => l.level === "warn" && /new generation/.test(l.message));
-        assert.equal(warnings.length, gens.length - 1, "a new generation only with a logged reason");
+        assert.equal(r.txid, gens.at(-1)!.lastTxid);
+        const newGenerations = p.log.filter((l) => l.level === "warn" && /new generation/.test(l.message));
+        assert.equal(newGenerations.length, gens.length - 1, "a new generation only with a logged reason");
       } finally {
         p.signal("SIGKILL");
         await writer.close().catch(() => writer.dispose());

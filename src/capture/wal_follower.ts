@@ -170,6 +170,13 @@ export class WalFollower {
     }
     const from = this.#position;
     const newEpoch = from === null || !sameEpoch(from, header);
+    if (newEpoch && from !== null && !baseline) {
+      // The WAL restarted. Frames of the old epoch past our position may still
+      // be on disk behind the new ones; those that continue our checksum chain
+      // up to a commit are commits SQLite made: read them first.
+      const tail = this.#readOldTail(wal, header, from);
+      if (tail) return tail;
+    }
     if (newEpoch && !baseline) {
       const verdict = this.#proveEpoch(wal, header, shm);
       if (verdict === RETRY) {
@@ -195,6 +202,30 @@ export class WalFollower {
       epochHeader: newEpoch ? encodeWalHeader(header) : null,
       lost: null,
       more: scan.stop === "limit",
+    };
+  }
+
+  /** Committed transactions of the old epoch still intact after `from`, or null when none. */
+  #readOldTail(wal: OpenFile, current: WalHeader, from: WalPosition): FollowResult | null {
+    const old: WalHeader = {
+      ...current,
+      bigEndian: this.#bigEndian,
+      salt1: from.salt1,
+      salt2: from.salt2,
+      checksum1: from.checksum1,
+      checksum2: from.checksum2,
+    };
+    const scan = scanFrames(wal, old, from, { collect: true, maxBytes: this.#maxBytes });
+    if (scan.transactions.length === 0) return null;
+    this.#position = scan.position;
+    this.#sincePairing += scan.transactions.length;
+    this.#dbSize = scan.transactions[scan.transactions.length - 1].dbSize;
+    const time = this.#now();
+    return {
+      transactions: scan.transactions.map((t) => ({ ...t, frames: t.frames!, time })),
+      epochHeader: null,
+      lost: null,
+      more: true, // the new epoch comes next
     };
   }
 

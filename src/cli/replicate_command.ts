@@ -18,6 +18,7 @@ interface ReplicateFlags {
   cacheDir?: string;
   logLevel: string;
   shutdownTimeout: string;
+  pin: boolean;
 }
 
 /** Registers `replicate` on the CLI. */
@@ -28,6 +29,7 @@ export function registerReplicate(cli: CAC, _output: Output): void {
     .option("--snapshot-interval <duration>", "Take a fresh snapshot this often", { default: "24h" })
     .option("--cache-dir <dir>", "Local cache of objects waiting for upload (default: .<db>-walship beside the db)")
     .option("--shutdown-timeout <duration>", "On SIGTERM, wait this long for uploads before exiting 1", { default: "30s" })
+    .option("--pin", "Hold a read slot in SQLite's own locking so the WAL cannot restart unread (--no-pin: don't)", { default: true })
     .option("--log-level <level>", "debug, info, warn or error", { default: "info" })
     .example((bin) => `  ${bin} replicate app.db s3://my-bucket/app`)
     .example((bin) => `  ${bin} replicate app.db file:///var/backups/app --sync-interval 5s`)
@@ -43,6 +45,7 @@ export function registerReplicate(cli: CAC, _output: Output): void {
         cacheDir: flags.cacheDir,
         syncInterval: parseDuration(flags.syncInterval, "--sync-interval"),
         snapshotInterval: parseDuration(flags.snapshotInterval, "--snapshot-interval"),
+        pin: flags.pin,
         log,
       });
       let signals = 0;

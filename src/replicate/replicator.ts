@@ -27,6 +27,10 @@ import { isGenerationId, newGenerationId, parseObjectKey, snapshotKey, segmentKe
 import type { SnapshotMeta } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
+import { PageTable } from "../cache/page_table.ts";
+import { restoreDatabase } from "../restore/restore.ts";
+import { applyRecords, diffImage, replayTable, tableFromImage } from "./page_table_sync.ts";
+import { PinKeeper } from "./pin_keeper.ts";
 import { SegmentBuilder } from "./segment_builder.ts";
 import { writeSnapshotObject } from "./snapshot_object.ts";
 import { DEFAULT_RETRY, type RetryPolicy, Uploader } from "./uploader.ts";
@@ -46,6 +50,8 @@ export interface ReplicatorOptions {
   pollInterval?: number;
   /** Upload retry policy. */
   retry?: RetryPolicy;
+  /** Take part in SQLite's locking so the WAL cannot outrun walship (Linux); default true. */
+  pin?: boolean;
   log?: Log;
 }
 
@@ -65,6 +71,10 @@ export interface ReplicatorStatus {
   repairs: number;
   uploadErrors: number;
   lastError: string | null;
+  /** Heals: transactions of changed pages shipped when continuity was lost. */
+  heals: number;
+  /** "held (READ_LOCK n)", "let go", "unpinned: …", "waiting for the -shm". */
+  pin: string;
 }
 
 /** What {@linkcode Replicator.stop} left behind. */
@@ -79,7 +89,11 @@ export type ReplicatorEvent =
   | { type: "snapshot"; generation: string; txid: number; reason: string }
   | { type: "segment"; generation: string; firstTxid: number; lastTxid: number }
   | { type: "uploaded"; key: string; txid: number }
-  | { type: "repair"; reason: string };
+  | { type: "repair"; reason: string }
+  | { type: "heal"; reason: string; txid: number; pages: number; bytes: number };
+
+/** A heal holds the changed pages in memory; past this, a new generation's snapshot (streamed) is used. */
+const MAX_HEAL_BYTES = 256 << 20;
 
 /** Default cache directory for a database: `.<name>-walship` beside it. */
 export function defaultCacheDir(db: string): string {
@@ -107,11 +121,18 @@ export class Replicator {
   #lastFlush = 0;
   #lastSnapshot = 0;
   #repairReason: string | null = null;
+  /** Continuity was lost and the heal failed (it throws when no consistent image can be taken): try again. */
+  #healReason: string | null = null;
   #stopping = false;
   #loop: Promise<void> | null = null;
   #wake: (() => void) | null = null;
   #listeners: Array<(e: ReplicatorEvent) => void> = [];
-  #stats = { snapshots: 0, segments: 0, repairs: 0, uploadedTxid: 0 };
+  #stats = { snapshots: 0, segments: 0, repairs: 0, heals: 0, uploadedTxid: 0 };
+  #pinEnabled: boolean;
+  #pinKeeper!: PinKeeper;
+  /** Page hashes of the replicated state; null when unknown (healing then needs a new generation). */
+  #table: PageTable | null = null;
+  #tableSavedAt = 0;
 
   constructor(db: string, options: ReplicatorOptions) {
     this.db = path.resolve(db);
@@ -122,6 +143,7 @@ export class Replicator {
     this.#pollInterval = options.pollInterval ?? Math.min(this.#syncInterval, 1000);
     this.#log = options.log ?? silentLog;
     this.#retry = options.retry ?? DEFAULT_RETRY;
+    this.#pinEnabled = options.pin ?? true;
   }
 
   /** Subscribes to events; returns the unsubscribe function. */
@@ -145,6 +167,8 @@ export class Replicator {
 
   async #start(): Promise<void> {
     await this.#waitForDatabase();
+    this.#pinKeeper = await PinKeeper.create(this.db, this.#pinEnabled, this.#log);
+    await this.#pinKeeper.start();
     this.#cache = ObjectCache.open(this.#cacheDir);
     const remote = await this.#probeReplica();
     this.#uploader = new Uploader(this.#cache, this.#storage, this.#log, {
@@ -164,6 +188,33 @@ export class Replicator {
   async flush(): Promise<void> {
     await this.#step(true);
     await this.#uploader.idle();
+  }
+
+  /**
+   * Runs `fn` with the pin let go, after reading and caching every commit.
+   * For an app that runs walship in its own thread and calls a RESTART or
+   * TRUNCATE checkpoint synchronously: the checkpoint waits for the read
+   * slot, and a blocked thread cannot let it go by itself.
+   *
+   * @example
+   * ```ts
+   * await replicator.withPinReleased(() => db.exec("PRAGMA wal_checkpoint(TRUNCATE)"));
+   * ```
+   */
+  async withPinReleased<T>(fn: () => T | Promise<T>): Promise<T> {
+    let result!: T;
+    const round = this.#stepping.then(async () => {
+      await this.#roundPinned(true);
+      this.#pinKeeper.letGoNow();
+      try {
+        result = await fn();
+      } finally {
+        this.#pinKeeper.holdNow();
+      }
+    });
+    this.#stepping = round.catch(() => {});
+    await round;
+    return result;
   }
 
   /**
@@ -202,6 +253,8 @@ export class Replicator {
     }
     await this.#uploader.stop();
     const result = { pendingObjects: this.#cache.pending().length, pendingBytes: this.#cache.pendingBytes() };
+    this.#saveTable(true);
+    this.#pinKeeper.close();
     this.#follower.close();
     this.#cache.close();
     return result;
@@ -222,6 +275,8 @@ export class Replicator {
       repairs: this.#stats.repairs,
       uploadErrors: this.#uploader?.errors ?? 0,
       lastError: this.#uploader?.lastError ?? null,
+      heals: this.#stats.heals,
+      pin: this.#pinKeeper?.state ?? "not started",
     };
   }
 
@@ -233,9 +288,11 @@ export class Replicator {
         this.#log.error(`replication step failed, will retry: ${errorMessage(err)}`, { db: this.db });
       }
       if (this.#stopping) break;
-      const waitMs = this.#builder.empty
+      let waitMs = this.#builder.empty
         ? this.#pollInterval
         : Math.max(0, this.#lastFlush + this.#syncInterval - Date.now());
+      // Pinned, look often for a checkpointer waiting on the slot.
+      if (this.#pinKeeper.enabled) waitMs = Math.min(waitMs, 100);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, waitMs);
         // File events come in bursts; a short pause lets a burst settle into one read.
@@ -263,8 +320,22 @@ export class Replicator {
 
   /** One round: read the WAL, repair if continuity is lost, flush when due, snapshot when due. */
   async #round(force: boolean): Promise<void> {
+    // Pinned before the WAL is read, so what this round reads cannot vanish under it.
+    this.#pinKeeper.ensurePinned();
+    try {
+      await this.#roundPinned(force);
+    } finally {
+      await this.#pinKeeper.tick(this.#follower, () => this.#flushSegment());
+    }
+  }
+
+  async #roundPinned(force: boolean): Promise<void> {
     if (this.#repairReason) {
       await this.#beginGeneration(this.#repairReason);
+      return;
+    }
+    if (this.#healReason) {
+      await this.#repair(this.#healReason);
       return;
     }
     for (;;) {
@@ -272,10 +343,8 @@ export class Replicator {
       if (result.lost) {
         this.#stats.repairs++;
         this.#emit({ type: "repair", reason: result.lost });
-        this.#log.warn(`continuity lost: ${result.lost}; starting a new generation from a snapshot`, { db: this.db });
         this.#flushSegment();
-        this.#repairReason = result.lost;
-        await this.#beginGeneration(result.lost);
+        await this.#repair(result.lost);
         return;
       }
       this.#ingest(result);
@@ -290,6 +359,118 @@ export class Replicator {
     }
   }
 
+  /**
+   * Heals, or starts a new generation when a heal cannot work. The follower
+   * has given up its position by then, so until one of them succeeds (a
+   * consistent image can take several tries while the WAL keeps
+   * restarting), every round tries again: otherwise the replica would stay
+   * behind, unnoticed, for as long as nothing new is committed.
+   */
+  async #repair(reason: string): Promise<void> {
+    this.#healReason = reason;
+    if (await this.#heal(reason)) {
+      this.#healReason = null;
+      return;
+    }
+    this.#healReason = null;
+    this.#log.warn(`continuity lost: ${reason}; starting a new generation from a snapshot`, { db: this.db });
+    this.#repairReason = reason;
+    await this.#beginGeneration(reason);
+  }
+
+  /**
+   * Brings the replica to the live state within the same generation: hashes
+   * the pages of a consistent image and ships those that differ from the
+   * replicated state as one transaction (invariant 4). False when it cannot
+   * (no page table, another page size, or more changed pages than fit in
+   * memory): the caller then starts a new generation.
+   */
+  async #heal(reason: string): Promise<boolean> {
+    const table = this.#table;
+    const decline = (why: string) => {
+      this.#log.info(`cannot heal: ${why}`, { db: this.db });
+      return false;
+    };
+    if (!table || !this.#generation) return decline("no page table of the replicated state");
+    if (table.txid !== this.#builder.txid) return decline(`the page table is at txid ${table.txid}, not ${this.#builder.txid}`);
+    this.#follower.rebase(null, 0, 0);
+    const image = await captureImage(this.db, this.#follower, this.#tempPath(), { baseline: true, onPoll: () => {} });
+    try {
+      if (image.pageSize !== table.pageSize) return decline(`the page size changed to ${image.pageSize}`);
+      const changed = diffImage(image.path, image.dbSize, table, MAX_HEAL_BYTES);
+      if (!changed) return decline(`more than ${MAX_HEAL_BYTES >> 20} MiB of pages changed: a snapshot is the better base`);
+      this.#builder.addHeal({
+        dbSize: image.dbSize,
+        time: Date.now(),
+        position: image.position,
+        bigEndian: image.bigEndian,
+        pages: changed,
+      });
+      const txid = this.#builder.txid;
+      this.#flushSegment();
+      this.#saveTable(true);
+      const bytes = changed.length * image.pageSize;
+      this.#stats.heals++;
+      this.#log.warn(`continuity lost: ${reason}; healed by shipping the ${changed.length} page(s) that differ`, {
+        db: this.db,
+        generation: this.#generation,
+        txid,
+        pages: changed.length,
+        of: image.dbSize,
+        bytes,
+      });
+      this.#emit({ type: "heal", reason, txid, pages: changed.length, bytes });
+      return true;
+    } finally {
+      fs.rmSync(image.path, { force: true });
+    }
+  }
+
+  /** Saves the page table when due (every 10 s), or now. */
+  #saveTable(now: boolean): void {
+    if (!this.#table || (!now && Date.now() - this.#tableSavedAt < 10_000)) return;
+    try {
+      this.#table.save(this.#tablePath());
+      this.#tableSavedAt = Date.now();
+    } catch (err) {
+      this.#log.warn(`cannot save the page table: ${errorMessage(err)}`, { db: this.db });
+    }
+  }
+
+  #tablePath(): string {
+    return path.join(this.#cacheDir, "pages");
+  }
+
+  /**
+   * The page table for the state at `txid` of the current generation: the
+   * saved one brought up to date from the segments shipped since, or
+   * rebuilt by restoring the replica into a temporary file. Null when
+   * neither works (healing then needs a new generation).
+   */
+  async #loadTable(txid: number): Promise<PageTable | null> {
+    const generation = this.#generation!;
+    try {
+      const saved = PageTable.load(this.#tablePath());
+      if (saved && saved.generation === generation && saved.pageSize === this.#pageSize && saved.txid <= txid) {
+        const table = await replayTable(saved, txid, this.#storage, this.#cache);
+        if (table) return table;
+      }
+      if (this.#cache.pending().some((o) => o.generation === generation)) return null;
+      const tmp = this.#tempPath();
+      try {
+        const r = await restoreDatabase({ storage: this.#storage, output: tmp, target: { generation } });
+        if (r.txid !== txid) return null;
+        this.#log.info("rebuilt the page table from the replica", { db: this.db, generation, txid });
+        return tableFromImage(tmp, r.pageSize, r.pages, generation, txid);
+      } finally {
+        fs.rmSync(tmp, { force: true });
+      }
+    } catch (err) {
+      this.#log.warn(`page table unavailable (${errorMessage(err)}): a heal would start a new generation`, { db: this.db });
+      return null;
+    }
+  }
+
   #snapshotTxid = 0;
 
   #ingest(result: FollowResult): void {
@@ -300,7 +481,7 @@ export class Replicator {
   #flushSegment(): void {
     if (this.#builder.empty || !this.#generation) return;
     const seg = this.#builder.build(this.#generation, this.#pageSize);
-    this.#cache.addBytes(seg.bytes, {
+    const entry = this.#cache.addBytes(seg.bytes, {
       hash: seg.hash,
       key: segmentKey(this.#generation, seg.meta),
       kind: "segment",
@@ -311,7 +492,13 @@ export class Replicator {
       pageSize: this.#pageSize,
       dbSize: seg.meta.dbSize,
     });
+    void entry;
+    if (this.#table) {
+      applyRecords(this.#table, this.#builder.records);
+      this.#table.txid = seg.meta.lastTxid;
+    }
     this.#builder.commit();
+    this.#saveTable(false);
     this.#lastFlush = Date.now();
     this.#stats.segments++;
     this.#emit({ type: "segment", generation: this.#generation, firstTxid: seg.meta.firstTxid, lastTxid: seg.meta.lastTxid });
@@ -378,8 +565,6 @@ export class Replicator {
       else if (remote && !remote.generations.includes(last.generation) &&
         !this.#cache.pending().some((o) => o.generation === last.generation)) {
         why = `generation ${last.generation} is gone from the replica`;
-      } else if (!this.#follower.verifyResume()) {
-        why = "the WAL no longer holds the last replicated position (it restarted while walship was not running)";
       } else {
         this.#generation = last.generation;
         this.#pageSize = last.pageSize;
@@ -388,8 +573,13 @@ export class Replicator {
         this.#stats.uploadedTxid = last.txid;
         this.#lastSnapshot = Date.now();
         this.#snapshotTxid = last.txid;
-        this.#log.info("resuming replication", { db: this.db, generation: last.generation, txid: last.txid });
-        return;
+        this.#table = await this.#loadTable(last.txid);
+        if (this.#follower.verifyResume()) {
+          this.#log.info("resuming replication", { db: this.db, generation: last.generation, txid: last.txid });
+          return;
+        }
+        why = "the WAL no longer holds the last replicated position (it restarted while walship was not running)";
+        if (await this.#heal(why)) return;
       }
     }
     const base = Math.max(last?.txid ?? 0, remote?.maxTxid ?? 0);
@@ -411,6 +601,7 @@ export class Replicator {
     this.#generation = generation;
     this.#pageSize = image.pageSize;
     this.#follower.rebase(image.position, image.dbSize, image.pageSize, image.bigEndian);
+    this.#table = tableFromImage(image.path, image.pageSize, image.dbSize, generation, txid);
     await this.#storeSnapshot(image.path, {
       kind: "snapshot",
       generation,
@@ -422,6 +613,7 @@ export class Replicator {
       dbSize: image.dbSize,
     }, reason);
     this.#builder = new SegmentBuilder(txid, image.position, image.dbSize, image.bigEndian);
+    this.#saveTable(true);
     this.#repairReason = null;
   }
 

@@ -111,6 +111,36 @@ export class SegmentBuilder {
     }
   }
 
+  /** The records waiting, in order (read-only). */
+  get records(): readonly SegmentRecord[] {
+    return this.#records;
+  }
+
+  /**
+   * Adds a heal: the pages that differ from the replicated state, as one
+   * transaction standing for the live state at `position`.
+   */
+  addHeal(heal: {
+    dbSize: number;
+    time: number;
+    position: WalPosition | null;
+    bigEndian: boolean;
+    pages: Array<{ pgno: number; page: Uint8Array }>;
+  }): void {
+    this.#heldHeader = null; // the heal's position supersedes an epoch header not yet shipped
+    if (this.#records.length === 0 || this.#firstTxid === 0) {
+      this.#firstTxid = this.#lastTxid + 1;
+      this.#firstTime = heal.time;
+    }
+    this.#lastTxid++;
+    this.#lastTime = heal.time;
+    this.#records.push({ tag: "heal", ...heal });
+    this.#bytes += heal.pages.reduce((n, p) => n + p.page.length, 0);
+    this.#dbSize = heal.dbSize;
+    this.#end = heal.position;
+    this.#bigEndian = heal.bigEndian;
+  }
+
   /** Builds the segment object of everything added, and starts over after it. */
   build(generation: string, pageSize: number): BuiltSegment {
     const body = encodeSegmentBody(this.#records);

@@ -64,6 +64,22 @@ export function applySegment(
     }
     if (limit.txid !== null && state.txid >= limit.txid) return true;
     if (limit.timestamp !== null && rec.time > limit.timestamp) return true;
+    if (rec.tag === "heal") {
+      // A heal carries whole pages, not frames: nothing to chain; it says
+      // where the WAL stood when the pages were read, and the chain goes on from there.
+      for (const { pgno, page } of rec.pages) {
+        if (pgno === 0 || page.length !== pageSize) throw corrupt("a heal record is malformed");
+        fs.writeSync(fd, page, 0, pageSize, (pgno - 1) * pageSize);
+      }
+      pos = rec.position;
+      bigEndian = rec.bigEndian;
+      state.position = pos;
+      state.bigEndian = bigEndian;
+      state.dbSize = rec.dbSize;
+      state.txid++;
+      state.time = rec.time;
+      continue;
+    }
     if (!pos) throw corrupt("a transaction before any WAL header");
     if (rec.firstFrame !== pos.frame + 1) throw corrupt(`frame ${rec.firstFrame} follows frame ${pos.frame}`);
     sum[0] = pos.checksum1;
