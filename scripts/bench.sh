@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WAL scan and checksum throughput, then replication and restore, on Deno and on Bun;
+# WAL scan and checksum throughput, replication and restore, then heal vs snapshot, on Deno and on Bun;
 # see docs/BENCHMARKS.md.
 # Usage: npm run bench
 set -euo pipefail
@@ -13,3 +13,7 @@ echo
 deno run -A scripts/bench_restore.ts
 echo
 bun scripts/bench_restore.ts
+echo
+deno run -A scripts/bench_heal.ts --replica file,s3
+echo
+bun scripts/bench_heal.ts --replica file,s3
