@@ -19,19 +19,30 @@ import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
 /** Hashes every page of a database image file. */
 export function tableFromImage(path: string, pageSize: number, dbSize: number, generation: string, txid: number): PageTable {
   const table = new PageTable(pageSize, generation, txid);
+  forEachPage(path, pageSize, dbSize, (pgno, page) => void table.set(pgno, page));
+  table.truncate(dbSize);
+  return table;
+}
+
+/**
+ * Calls `fn` with each page 1..dbSize of an image file, read 256 pages at a
+ * time (`page` is a view into a reused buffer: copy what you keep). Stops
+ * early when `fn` returns false.
+ */
+function forEachPage(path: string, pageSize: number, dbSize: number, fn: (pgno: number, page: Uint8Array) => boolean | void): void {
   const fd = fs.openSync(path, "r");
   try {
     const chunk = new Uint8Array(pageSize * 256);
     for (let first = 1; first <= dbSize; first += 256) {
       const pages = Math.min(256, dbSize - first + 1);
       fs.readSync(fd, chunk, 0, pages * pageSize, (first - 1) * pageSize);
-      for (let i = 0; i < pages; i++) table.set(first + i, chunk.subarray(i * pageSize, (i + 1) * pageSize));
+      for (let i = 0; i < pages; i++) {
+        if (fn(first + i, chunk.subarray(i * pageSize, (i + 1) * pageSize)) === false) return;
+      }
     }
   } finally {
     fs.closeSync(fd);
   }
-  table.truncate(dbSize);
-  return table;
 }
 
 /** Applies a segment's records to the table, in order. */
@@ -108,21 +119,13 @@ export function diffImage(
 ): Array<{ pgno: number; page: Uint8Array }> | null {
   const pageSize = table.pageSize;
   const changed: Array<{ pgno: number; page: Uint8Array }> = [];
-  const fd = fs.openSync(path, "r");
-  try {
-    const chunk = new Uint8Array(pageSize * 256);
-    for (let first = 1; first <= dbSize; first += 256) {
-      const pages = Math.min(256, dbSize - first + 1);
-      fs.readSync(fd, chunk, 0, pages * pageSize, (first - 1) * pageSize);
-      for (let i = 0; i < pages; i++) {
-        const page = chunk.subarray(i * pageSize, (i + 1) * pageSize);
-        if (table.matches(first + i, page)) continue;
-        changed.push({ pgno: first + i, page: page.slice() });
-        if (changed.length * pageSize > maxBytes) return null;
-      }
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
+  let tooMany = false;
+  forEachPage(path, pageSize, dbSize, (pgno, page) => {
+    if (table.matches(pgno, page)) return true;
+    changed.push({ pgno, page: page.slice() });
+    tooMany = changed.length * pageSize > maxBytes;
+    return !tooMany;
+  });
+  if (tooMany) return null;
   return changed;
 }
