@@ -13,6 +13,7 @@ import { decodeObject } from "../replica/object_format.ts";
 import { decodeSegmentBody, type SegmentRecord } from "../replica/segment.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { zstdDecompress } from "../replica/zstd.ts";
+import { parseObjectKey } from "../replica/layout.ts";
 import { listGeneration } from "../restore/plan.ts";
 import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
 
@@ -81,8 +82,8 @@ export async function replayTable(
   for (const s of (await listGeneration(storage, table.generation)).segments) keys.set(s.key, { first: s.firstTxid, last: s.lastTxid });
   // Pending as of before the listing: what was uploaded since is listed, what was not is here.
   for (const o of cached.values()) {
-    const m = /segment-(\d{16})-(\d{16})-/.exec(o.key);
-    if (o.generation === table.generation && m) keys.set(o.key, { first: +m[1], last: +m[2] });
+    const e = o.generation === table.generation ? parseObjectKey(o.generation, o.key, o.size) : null;
+    if (e?.kind === "segment") keys.set(o.key, { first: e.firstTxid, last: e.lastTxid });
   }
   const todo = [...keys].filter(([, r]) => r.last > table.txid && r.last <= txid).sort((a, b) => a[1].first - b[1].first);
   for (const [key, range] of todo) {

@@ -29,6 +29,7 @@ import type { WalFollower } from "../capture/wal_follower.ts";
 import { errorMessage, WalshipError } from "../errors.ts";
 import type { Log } from "../log.ts";
 import { type FileLocks, loadFileLocks } from "../runtime.ts";
+import { READ_MARK_UNUSED } from "../sqlite/wal_index.ts";
 
 /** Let the slot go for a restart once the WAL holds this many frames. */
 export const RESTART_AFTER_FRAMES = 1000;
@@ -38,6 +39,9 @@ const RESTART_WINDOW_MS = 5;
 const CHECKPOINT_WAIT_MS = 5000;
 /** Longest walship keeps trying to take a slot back after letting it go, ms. */
 const HOLD_RETRY_MS = CHECKPOINT_WAIT_MS + 1000;
+
+/** Read marks to pick a slot by when the -shm header cannot be read: every slot unused. */
+const NO_READ_MARKS = [0, READ_MARK_UNUSED, READ_MARK_UNUSED, READ_MARK_UNUSED, READ_MARK_UNUSED];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -189,7 +193,7 @@ export class PinKeeper {
   /** Takes the slot back now, if the pin is open. */
   holdNow(): void {
     if (this.#pin && this.#pin.slot === null) {
-      this.#holdAgain(readWalIndexFile(`${this.#db}-shm`)?.readMarks ?? [0, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]);
+      this.#holdAgain(readWalIndexFile(`${this.#db}-shm`)?.readMarks ?? NO_READ_MARKS);
     }
   }
 
@@ -223,7 +227,7 @@ export class PinKeeper {
     const pin = WalPin.open(this.#locks!, this.#db);
     if (!pin) return;
     const shm = readWalIndexFile(`${this.#db}-shm`);
-    pin.hold(shm?.readMarks ?? [0, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]);
+    pin.hold(shm?.readMarks ?? NO_READ_MARKS);
     this.#pin = pin;
     this.#log.info("pinned: the WAL cannot restart or be deleted before walship has read it", {
       db: this.#db,

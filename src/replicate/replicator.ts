@@ -23,11 +23,12 @@ import { readHead } from "../capture/file_source.ts";
 import { tempPathBeside } from "../durable.ts";
 import { errorMessage, WalshipError } from "../errors.ts";
 import { type Log, silentLog } from "../log.ts";
-import { isGenerationId, newGenerationId, parseObjectKey, snapshotKey, segmentKey } from "../replica/layout.ts";
+import { newGenerationId, snapshotKey, segmentKey } from "../replica/layout.ts";
 import type { SnapshotMeta } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
 import { PageTable } from "../cache/page_table.ts";
+import { listGeneration, listGenerations } from "../restore/plan.ts";
 import { restoreDatabase } from "../restore/restore.ts";
 import { applyRecords, diffImage, replayTable, tableFromImage } from "./page_table_sync.ts";
 import { PinKeeper } from "./pin_keeper.ts";
@@ -481,7 +482,7 @@ export class Replicator {
   #flushSegment(): void {
     if (this.#builder.empty || !this.#generation) return;
     const seg = this.#builder.build(this.#generation, this.#pageSize);
-    const entry = this.#cache.addBytes(seg.bytes, {
+    this.#cache.addBytes(seg.bytes, {
       hash: seg.hash,
       key: segmentKey(this.#generation, seg.meta),
       kind: "segment",
@@ -492,7 +493,6 @@ export class Replicator {
       pageSize: this.#pageSize,
       dbSize: seg.meta.dbSize,
     });
-    void entry;
     if (this.#table) {
       applyRecords(this.#table, this.#builder.records);
       this.#table.txid = seg.meta.lastTxid;
@@ -536,15 +536,11 @@ export class Replicator {
   /** Lists the replica: the highest txid it holds and the generations in it; null when unreachable. */
   async #probeReplica(): Promise<{ generations: string[]; maxTxid: number } | null> {
     try {
-      const generations = (await this.#storage.listChildren("")).filter(isGenerationId);
-      let maxTxid = 0;
+      const generations = await listGenerations(this.#storage);
       const newest = generations.at(-1);
-      if (newest) {
-        for (const o of await this.#storage.list(`${newest}/`)) {
-          const e = parseObjectKey(newest, o.key, o.size);
-          if (e) maxTxid = Math.max(maxTxid, e.kind === "snapshot" ? e.txid : e.lastTxid);
-        }
-      }
+      if (!newest) return { generations, maxTxid: 0 };
+      const { snapshots, segments } = await listGeneration(this.#storage, newest);
+      const maxTxid = Math.max(0, ...snapshots.map((s) => s.txid), ...segments.map((s) => s.lastTxid));
       return { generations, maxTxid };
     } catch (err) {
       if (err instanceof WalshipError && !err.transient) throw err;
