@@ -37,14 +37,20 @@ export { describeGenerations, describeSnapshots, type GenerationInfo, type Snaps
 export interface ReplicateOptions {
   /** Path of the database to replicate. */
   db: string;
-  /** `s3://bucket/prefix?…`, `file:///dir`, a directory path, or a storage object. */
-  replica: string | ReplicaStorage;
+  /**
+   * `s3://bucket/prefix?…`, `file:///dir`, a directory path, a storage
+   * object, or an array of these: every replica gets every commit and keeps
+   * its own position.
+   */
+  replica: string | ReplicaStorage | Array<string | ReplicaStorage>;
   /** At most one upload per interval: ms or a string like "1s". Default 1 s. */
   syncInterval?: number | string;
   /** A fresh snapshot this often: ms or a string like "24h". Default 24 h. */
   snapshotInterval?: number | string;
   /** Local cache directory; default `.<db>-walship` beside the database. */
   cacheDir?: string;
+  /** Take part in SQLite's locking so the WAL cannot restart unread (Linux); default true. */
+  pin?: boolean;
   /** Where logs go; silent by default. */
   log?: Log;
 }
@@ -57,7 +63,7 @@ export interface ReplicateOptions {
  * @example
  * ```ts
  * const r = await replicate({ db: "app.db", replica: "s3://bucket/app", syncInterval: "1s" });
- * r.on((e) => e.type === "repair" && console.warn(e.reason));
+ * r.on((e) => e.type === "error" && console.warn(e.replica, e.message));
  * await r.flush();
  * console.log(r.status().uploadedTxid);
  * await r.stop();
@@ -65,12 +71,13 @@ export interface ReplicateOptions {
  */
 export async function replicate(options: ReplicateOptions): Promise<Replicator> {
   const replicator = new Replicator(options.db, {
-    storage: typeof options.replica === "string" ? openReplica(options.replica) : options.replica,
+    storage: (Array.isArray(options.replica) ? options.replica : [options.replica]).map(toStorage),
     syncInterval: options.syncInterval === undefined ? undefined : parseDuration(options.syncInterval, "syncInterval"),
     snapshotInterval: options.snapshotInterval === undefined
       ? undefined
       : parseDuration(options.snapshotInterval, "snapshotInterval"),
     cacheDir: options.cacheDir,
+    pin: options.pin,
     log: options.log,
   });
   await replicator.start();
@@ -105,7 +112,7 @@ export interface RestoreOptions {
 export function restore(options: RestoreOptions): Promise<RestoreResult> {
   const t = options.timestamp;
   return restoreDatabase({
-    storage: typeof options.replica === "string" ? openReplica(options.replica) : options.replica,
+    storage: toStorage(options.replica),
     output: options.output,
     target: {
       txid: options.txid,
@@ -128,4 +135,8 @@ export function restore(options: RestoreOptions): Promise<RestoreResult> {
  */
 export function inspect(db: string): InspectReport {
   return inspectFiles(db);
+}
+
+function toStorage(replica: string | ReplicaStorage): ReplicaStorage {
+  return typeof replica === "string" ? openReplica(replica) : replica;
 }

@@ -8,7 +8,7 @@
 
 import fs from "node:fs";
 import { PageTable } from "../cache/page_table.ts";
-import type { ObjectCache } from "../cache/object_cache.ts";
+import type { CachedObject, ObjectCache } from "../cache/object_cache.ts";
 import { decodeObject } from "../replica/object_format.ts";
 import { decodeSegmentBody, type SegmentRecord } from "../replica/segment.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
@@ -67,17 +67,18 @@ export function applyRecords(table: PageTable, records: Iterable<SegmentRecord>)
 
 /**
  * Brings a saved table from its txid up to `txid` by replaying the
- * generation's segments in between (from the cache when not yet uploaded,
- * else from the replica). Null when a segment is missing or unreadable.
+ * generation's segments in between (from the cache when not yet uploaded
+ * to `storage`, as `pending` lists them, else from it). Null when a segment is missing or unreadable.
  */
 export async function replayTable(
   table: PageTable,
   txid: number,
   storage: ReplicaStorage,
+  pending: CachedObject[],
   cache: ObjectCache,
 ): Promise<PageTable | null> {
   if (table.txid === txid) return table;
-  const cached = new Map(cache.pending().map((o) => [o.key, o]));
+  const cached = new Map(pending.map((o) => [o.key, o]));
   const keys = new Map<string, { first: number; last: number }>();
   for (const s of (await listGeneration(storage, table.generation)).segments) keys.set(s.key, { first: s.firstTxid, last: s.lastTxid });
   // Pending as of before the listing: what was uploaded since is listed, what was not is here.

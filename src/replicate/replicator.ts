@@ -39,8 +39,8 @@ import { type Watch, watchDatabase } from "./watcher.ts";
 
 /** Options for {@linkcode Replicator}. */
 export interface ReplicatorOptions {
-  /** Where the replica lives. */
-  storage: ReplicaStorage;
+  /** Where the replica lives; several replicas each keep their own position. */
+  storage: ReplicaStorage | ReplicaStorage[];
   /** The local cache directory; default `.<db name>-walship` beside the database. */
   cacheDir?: string;
   /** At most one upload per this many ms; default 1000. */
@@ -56,26 +56,57 @@ export interface ReplicatorOptions {
   log?: Log;
 }
 
-/** What the replicator is doing, for status and tests. */
+/** Where one replica stands. */
+export interface ReplicaStatus {
+  /** The replica's location (`s3://bucket/prefix` or `file:///dir`). */
+  replica: string;
+  /** Last txid known to be in this replica. */
+  uploadedTxid: number;
+  /** Objects and bytes this replica does not have yet. */
+  pendingObjects: number;
+  pendingBytes: number;
+  /** Objects uploaded and uploads failed since start. */
+  uploads: number;
+  uploadErrors: number;
+  /** The last upload error, while this replica is failing. */
+  lastError: string | null;
+  /** Seconds since the oldest transaction this replica lacks was observed; 0 when it has them all. */
+  lagSeconds: number;
+}
+
+/** What the replicator is doing, for status, metrics and tests. */
 export interface ReplicatorStatus {
   db: string;
+  /** The first replica's location. */
   replica: string;
   generation: string | null;
   /** Last txid captured locally. */
   txid: number;
-  /** Last txid known to be in the replica. */
+  /** Last txid known to be in every replica. */
   uploadedTxid: number;
+  /** Objects (and their bytes) some replica still lacks. */
   pendingObjects: number;
   pendingBytes: number;
   snapshots: number;
   segments: number;
   repairs: number;
+  /** Upload failures over all replicas. */
   uploadErrors: number;
+  /** The first failing replica's last error. */
   lastError: string | null;
   /** Heals: transactions of changed pages shipped when continuity was lost. */
   heals: number;
   /** "held (READ_LOCK n)", "let go", "unpinned: …", "waiting for the -shm". */
   pin: string;
+  /** Whether walship holds a read slot now. */
+  pinned: boolean;
+  /** Size of the -wal file in bytes (0 when absent). */
+  walSize: number;
+  /** The largest lag over the replicas. */
+  lagSeconds: number;
+  /** Whether start() has finished and stop() has not begun. */
+  started: boolean;
+  replicas: ReplicaStatus[];
 }
 
 /** What {@linkcode Replicator.stop} left behind. */
@@ -89,12 +120,20 @@ export interface StopResult {
 export type ReplicatorEvent =
   | { type: "snapshot"; generation: string; txid: number; reason: string }
   | { type: "segment"; generation: string; firstTxid: number; lastTxid: number }
-  | { type: "uploaded"; key: string; txid: number }
+  | { type: "sync"; replica: string; key: string; txid: number }
+  | { type: "error"; replica: string; message: string }
   | { type: "repair"; reason: string }
   | { type: "heal"; reason: string; txid: number; pages: number; bytes: number };
 
 /** A heal holds the changed pages in memory; past this, a new generation's snapshot (streamed) is used. */
 const MAX_HEAL_BYTES = 256 << 20;
+
+/** What a replica held at start. */
+interface RemoteState {
+  name: string;
+  generations: string[];
+  maxTxid: number;
+}
 
 /** Default cache directory for a database: `.<name>-walship` beside it. */
 export function defaultCacheDir(db: string): string {
@@ -102,10 +141,20 @@ export function defaultCacheDir(db: string): string {
   return path.join(path.dirname(abs), `.${path.basename(abs)}-walship`);
 }
 
-/** Replicates one database to one replica. */
+/** One replica and its uploader. */
+interface Target {
+  storage: ReplicaStorage;
+  /** Its name in the cache: the location. */
+  name: string;
+  uploader: Uploader;
+  uploadedTxid: number;
+}
+
+/** Replicates one database to one or more replicas. */
 export class Replicator {
   readonly db: string;
-  #storage: ReplicaStorage;
+  #storages: ReplicaStorage[];
+  #targets: Target[] = [];
   #cacheDir: string;
   #syncInterval: number;
   #snapshotInterval: number;
@@ -115,7 +164,6 @@ export class Replicator {
   #cache!: ObjectCache;
   #follower!: WalFollower;
   #builder!: SegmentBuilder;
-  #uploader!: Uploader;
   #watch: Watch | null = null;
   #generation: string | null = null;
   #pageSize = 0;
@@ -128,7 +176,7 @@ export class Replicator {
   #loop: Promise<void> | null = null;
   #wake: (() => void) | null = null;
   #listeners: Array<(e: ReplicatorEvent) => void> = [];
-  #stats = { snapshots: 0, segments: 0, repairs: 0, heals: 0, uploadedTxid: 0 };
+  #stats = { snapshots: 0, segments: 0, repairs: 0, heals: 0 };
   #pinEnabled: boolean;
   #pinKeeper!: PinKeeper;
   /** Page hashes of the replicated state; null when unknown (healing then needs a new generation). */
@@ -137,7 +185,11 @@ export class Replicator {
 
   constructor(db: string, options: ReplicatorOptions) {
     this.db = path.resolve(db);
-    this.#storage = options.storage;
+    this.#storages = Array.isArray(options.storage) ? options.storage : [options.storage];
+    if (this.#storages.length === 0) throw new WalshipError("BAD_ARGUMENT", `no replica given for ${this.db}`);
+    const names = this.#storages.map((s) => s.location);
+    const twice = names.find((n, i) => names.indexOf(n) !== i);
+    if (twice) throw new WalshipError("BAD_ARGUMENT", `replica ${twice} is given twice for ${this.db}`);
     this.#cacheDir = options.cacheDir ?? defaultCacheDir(db);
     this.#syncInterval = options.syncInterval ?? 1000;
     this.#snapshotInterval = options.snapshotInterval ?? 24 * 3600_000;
@@ -170,17 +222,24 @@ export class Replicator {
     await this.#waitForDatabase();
     this.#pinKeeper = await PinKeeper.create(this.db, this.#pinEnabled, this.#log);
     await this.#pinKeeper.start();
-    this.#cache = ObjectCache.open(this.#cacheDir);
-    const remote = await this.#probeReplica();
-    this.#uploader = new Uploader(this.#cache, this.#storage, this.#log, {
-      retry: this.#retry,
-      onUploaded: (obj) => {
-        this.#stats.uploadedTxid = Math.max(this.#stats.uploadedTxid, obj.txid);
-        this.#emit({ type: "uploaded", key: obj.key, txid: obj.txid });
-      },
-    });
-    this.#uploader.start();
-    await this.#resumeOrBegin(remote);
+    this.#cache = ObjectCache.open(this.#cacheDir, this.#storages.map((s) => s.location));
+    const remotes = [];
+    for (const storage of this.#storages) remotes.push(await this.#probeReplica(storage));
+    for (const storage of this.#storages) {
+      const target: Target = { storage, name: storage.location, uploadedTxid: 0, uploader: null! };
+      target.uploader = new Uploader(this.#cache, storage, this.#log, {
+        name: target.name,
+        retry: this.#retry,
+        onUploaded: (obj) => {
+          target.uploadedTxid = Math.max(target.uploadedTxid, obj.txid);
+          this.#emit({ type: "sync", replica: target.name, key: obj.key, txid: obj.txid });
+        },
+        onError: (message) => this.#emit({ type: "error", replica: target.name, message }),
+      });
+      this.#targets.push(target);
+    }
+    for (const t of this.#targets) t.uploader.start();
+    await this.#resumeOrBegin(remotes);
     this.#watch = watchDatabase(this.db, this.#pollInterval, () => this.#wake?.());
     this.#loop = this.#run();
   }
@@ -188,7 +247,12 @@ export class Replicator {
   /** Ships everything committed so far and waits until the replica has it. */
   async flush(): Promise<void> {
     await this.#step(true);
-    await this.#uploader.idle();
+    await this.#idle();
+  }
+
+  /** Resolves when every replica has every object. */
+  #idle(): Promise<void> {
+    return Promise.all(this.#targets.map((t) => t.uploader.idle())).then(() => {});
   }
 
   /**
@@ -245,14 +309,14 @@ export class Replicator {
     if (options.drain ?? true) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
-        this.#uploader.idle(),
+        this.#idle(),
         new Promise<void>((resolve) => {
           if (options.timeout !== undefined) timer = setTimeout(resolve, options.timeout);
         }),
       ]);
       clearTimeout(timer);
     }
-    await this.#uploader.stop();
+    await Promise.all(this.#targets.map((t) => t.uploader.stop()));
     const result = { pendingObjects: this.#cache.pending().length, pendingBytes: this.#cache.pendingBytes() };
     this.#saveTable(true);
     this.#pinKeeper.close();
@@ -263,21 +327,49 @@ export class Replicator {
 
   /** A snapshot of counters and positions. */
   status(): ReplicatorStatus {
+    const now = Date.now();
+    const pendingFrom = this.#builder && !this.#builder.empty ? this.#builder.firstTime : null;
+    const replicas: ReplicaStatus[] = this.#storages.map((storage) => {
+      const t = this.#targets.find((t) => t.storage === storage);
+      const pending = this.#cache && t ? this.#cache.pending(t.name) : [];
+      const oldest = pending[0]?.time ?? pendingFrom;
+      return {
+        replica: storage.location,
+        uploadedTxid: t?.uploadedTxid ?? 0,
+        pendingObjects: pending.length,
+        pendingBytes: pending.reduce((n, o) => n + o.size, 0),
+        uploads: t?.uploader.uploads ?? 0,
+        uploadErrors: t?.uploader.errors ?? 0,
+        lastError: t?.uploader.lastError ?? null,
+        lagSeconds: oldest === null || oldest === undefined ? 0 : Math.max(0, (now - oldest) / 1000),
+      };
+    });
+    let walSize = 0;
+    try {
+      walSize = fs.statSync(this.db + "-wal").size;
+    } catch {
+      // no WAL yet, or it was just removed
+    }
     return {
       db: this.db,
-      replica: this.#storage.location,
+      replica: this.#storages[0].location,
       generation: this.#generation,
       txid: this.#builder?.txid ?? 0,
-      uploadedTxid: this.#stats.uploadedTxid,
+      uploadedTxid: Math.min(...replicas.map((r) => r.uploadedTxid)),
       pendingObjects: this.#cache?.pending().length ?? 0,
       pendingBytes: this.#cache?.pendingBytes() ?? 0,
       snapshots: this.#stats.snapshots,
       segments: this.#stats.segments,
       repairs: this.#stats.repairs,
-      uploadErrors: this.#uploader?.errors ?? 0,
-      lastError: this.#uploader?.lastError ?? null,
+      uploadErrors: replicas.reduce((n, r) => n + r.uploadErrors, 0),
+      lastError: replicas.find((r) => r.lastError)?.lastError ?? null,
       heals: this.#stats.heals,
       pin: this.#pinKeeper?.state ?? "not started",
+      pinned: this.#pinKeeper?.holding ?? false,
+      walSize,
+      lagSeconds: Math.max(...replicas.map((r) => r.lagSeconds)),
+      started: this.#loop !== null && !this.#stopping,
+      replicas,
     };
   }
 
@@ -445,21 +537,22 @@ export class Replicator {
   /**
    * The page table for the state at `txid` of the current generation: the
    * saved one brought up to date from the segments shipped since, or
-   * rebuilt by restoring the replica into a temporary file. Null when
+   * rebuilt by restoring the (first) replica into a temporary file. Null when
    * neither works (healing then needs a new generation).
    */
   async #loadTable(txid: number): Promise<PageTable | null> {
     const generation = this.#generation!;
+    const primary = this.#targets[0];
     try {
       const saved = PageTable.load(this.#tablePath());
       if (saved && saved.generation === generation && saved.pageSize === this.#pageSize && saved.txid <= txid) {
-        const table = await replayTable(saved, txid, this.#storage, this.#cache);
+        const table = await replayTable(saved, txid, primary.storage, this.#cache.pending(primary.name), this.#cache);
         if (table) return table;
       }
-      if (this.#cache.pending().some((o) => o.generation === generation)) return null;
+      if (this.#cache.pending(primary.name).some((o) => o.generation === generation)) return null;
       const tmp = this.#tempPath();
       try {
-        const r = await restoreDatabase({ storage: this.#storage, output: tmp, target: { generation } });
+        const r = await restoreDatabase({ storage: primary.storage, output: tmp, target: { generation } });
         if (r.txid !== txid) return null;
         this.#log.info("rebuilt the page table from the replica", { db: this.db, generation, txid });
         return tableFromImage(tmp, r.pageSize, r.pages, generation, txid);
@@ -492,6 +585,7 @@ export class Replicator {
       bigEndian: this.#builder.bigEndian,
       pageSize: this.#pageSize,
       dbSize: seg.meta.dbSize,
+      time: seg.meta.firstTime,
     });
     if (this.#table) {
       applyRecords(this.#table, this.#builder.records);
@@ -502,7 +596,7 @@ export class Replicator {
     this.#lastFlush = Date.now();
     this.#stats.segments++;
     this.#emit({ type: "segment", generation: this.#generation, firstTxid: seg.meta.firstTxid, lastTxid: seg.meta.lastTxid });
-    this.#uploader.notify();
+    for (const t of this.#targets) t.uploader.notify();
   }
 
   async #waitForDatabase(): Promise<void> {
@@ -533,40 +627,48 @@ export class Replicator {
     }
   }
 
-  /** Lists the replica: the highest txid it holds and the generations in it; null when unreachable. */
-  async #probeReplica(): Promise<{ generations: string[]; maxTxid: number } | null> {
+  /** Lists a replica: the highest txid it holds and the generations in it; null when unreachable. */
+  async #probeReplica(storage: ReplicaStorage): Promise<RemoteState | null> {
     try {
-      const generations = await listGenerations(this.#storage);
+      const generations = await listGenerations(storage);
       const newest = generations.at(-1);
-      if (!newest) return { generations, maxTxid: 0 };
-      const { snapshots, segments } = await listGeneration(this.#storage, newest);
+      if (!newest) return { name: storage.location, generations, maxTxid: 0 };
+      const { snapshots, segments } = await listGeneration(storage, newest);
       const maxTxid = Math.max(0, ...snapshots.map((s) => s.txid), ...segments.map((s) => s.lastTxid));
-      return { generations, maxTxid };
+      return { name: storage.location, generations, maxTxid };
     } catch (err) {
       if (err instanceof WalshipError && !err.transient) throw err;
       this.#log.warn(`replica unreachable at start, buffering locally: ${errorMessage(err)}`, {
-        replica: this.#storage.location,
+        replica: storage.location,
       });
       return null;
     }
   }
 
-  async #resumeOrBegin(remote: { generations: string[]; maxTxid: number } | null): Promise<void> {
+  async #resumeOrBegin(remotes: Array<RemoteState | null>): Promise<void> {
     const last = this.#cache.last;
     this.#follower = new WalFollower(this.db, last?.position ?? null);
     let why = "no earlier replication state";
     if (last) {
       const lostFiles = this.#cache.lost();
+      const missing = remotes.find((r) =>
+        r && !r.generations.includes(last.generation) &&
+        !this.#cache.pending(r.name).some((o) => o.generation === last.generation)
+      );
+      const added = this.#cache.newReplicas();
       if (lostFiles.length > 0) why = `${lostFiles.length} cached object(s) are missing from ${this.#cacheDir}`;
-      else if (remote && !remote.generations.includes(last.generation) &&
-        !this.#cache.pending().some((o) => o.generation === last.generation)) {
-        why = `generation ${last.generation} is gone from the replica`;
+      else if (added.length > 0) why = `replica ${added.join(", ")} was added and lacks the current generation`;
+      else if (missing) {
+        why = `generation ${last.generation} is not in replica ${missing.name}`;
       } else {
         this.#generation = last.generation;
         this.#pageSize = last.pageSize;
         this.#follower.rebase(last.position, last.dbSize, last.pageSize, last.bigEndian);
         this.#builder = new SegmentBuilder(last.txid, last.position, last.dbSize, last.bigEndian);
-        this.#stats.uploadedTxid = last.txid;
+        for (const t of this.#targets) {
+          const first = this.#cache.next(t.name);
+          t.uploadedTxid = first ? Math.max(0, first.txid - 1) : last.txid;
+        }
         this.#lastSnapshot = Date.now();
         this.#snapshotTxid = last.txid;
         this.#table = await this.#loadTable(last.txid);
@@ -578,7 +680,7 @@ export class Replicator {
         if (await this.#heal(why)) return;
       }
     }
-    const base = Math.max(last?.txid ?? 0, remote?.maxTxid ?? 0);
+    const base = Math.max(last?.txid ?? 0, ...remotes.map((r) => r?.maxTxid ?? 0));
     this.#builder = new SegmentBuilder(base, null, 0, false);
     if (last) this.#log.warn(`cannot resume: ${why}; starting a new generation from a snapshot`, { db: this.db });
     await this.#beginGeneration(why);
@@ -649,6 +751,7 @@ export class Replicator {
         bigEndian: meta.bigEndian,
         pageSize: meta.pageSize,
         dbSize: meta.dbSize,
+        time: meta.time,
       });
     } finally {
       fs.rmSync(imagePath, { force: true });
@@ -659,7 +762,7 @@ export class Replicator {
     this.#stats.snapshots++;
     this.#log.info("snapshot taken", { db: this.db, generation: meta.generation, txid: meta.txid, pages: meta.dbSize, reason });
     this.#emit({ type: "snapshot", generation: meta.generation, txid: meta.txid, reason });
-    this.#uploader.notify();
+    for (const t of this.#targets) t.uploader.notify();
   }
 
   #tempPath(): string {

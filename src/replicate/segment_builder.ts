@@ -63,6 +63,11 @@ export class SegmentBuilder {
     return this.#dbSize;
   }
 
+  /** Unix ms when the first transaction waiting was observed (meaningless when empty). */
+  get firstTime(): number {
+    return this.#firstTime;
+  }
+
   /** Frame bytes waiting. */
   get size(): number {
     return this.#bytes;

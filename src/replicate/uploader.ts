@@ -25,13 +25,16 @@ export interface RetryPolicy {
 
 export const DEFAULT_RETRY: RetryPolicy = { initialMs: 250, maxMs: 5_000, warnEveryMs: 30_000 };
 
-/** Ordered uploader for one replica. */
+/** Ordered uploader for one replica: works through the objects that replica lacks. */
 export class Uploader {
+  /** The replica's name in the cache. */
+  readonly name: string;
   #cache: ObjectCache;
   #storage: ReplicaStorage;
   #log: Log;
   #retry: RetryPolicy;
   #onUploaded: (obj: CachedObject) => void;
+  #onError: (message: string) => void;
   #wake: (() => void) | null = null;
   #stopped = false;
   #running: Promise<void> | null = null;
@@ -40,6 +43,8 @@ export class Uploader {
   #idleWaiters: Array<() => void> = [];
   /** Uploads that failed, since start. */
   errors = 0;
+  /** Objects uploaded, since start. */
+  uploads = 0;
   /** The last upload error, while the replica is failing. */
   lastError: string | null = null;
 
@@ -47,13 +52,20 @@ export class Uploader {
     cache: ObjectCache,
     storage: ReplicaStorage,
     log: Log,
-    options: { retry?: RetryPolicy; onUploaded?: (obj: CachedObject) => void } = {},
+    options: {
+      name?: string;
+      retry?: RetryPolicy;
+      onUploaded?: (obj: CachedObject) => void;
+      onError?: (message: string) => void;
+    } = {},
   ) {
+    this.name = options.name ?? cache.replicas[0];
     this.#cache = cache;
     this.#storage = storage;
     this.#log = log;
     this.#retry = options.retry ?? DEFAULT_RETRY;
     this.#onUploaded = options.onUploaded ?? (() => {});
+    this.#onError = options.onError ?? (() => {});
   }
 
   /** Starts the upload loop. */
@@ -68,7 +80,7 @@ export class Uploader {
 
   /** Resolves when nothing waits for upload. */
   idle(): Promise<void> {
-    if (this.#cache.pending().length === 0) return Promise.resolve();
+    if (!this.#cache.next(this.name)) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
@@ -82,7 +94,7 @@ export class Uploader {
   async #run(): Promise<void> {
     let backoff = this.#retry.initialMs;
     while (!this.#stopped) {
-      const next = this.#cache.pending()[0];
+      const next = this.#cache.next(this.name);
       if (!next) {
         for (const resolve of this.#idleWaiters.splice(0)) resolve();
         await this.#sleep(60_000);
@@ -90,14 +102,15 @@ export class Uploader {
       }
       try {
         await this.#storage.put(next.key, { path: this.#cache.objectPath(next.hash), size: next.size });
-        this.#cache.markUploaded(next.seq);
+        this.#cache.markUploaded(next.seq, this.name);
+        this.uploads++;
         this.#onUploaded(next);
         backoff = this.#retry.initialMs;
         if (this.#downSince !== null) {
           const waited = ((Date.now() - this.#downSince) / 1000).toFixed(1);
           this.#log.info(`replica reachable again after ${waited}s; uploading waiting objects`, {
             replica: this.#storage.location,
-            waiting: this.#cache.pending().length,
+            waiting: this.#cache.pending(this.name).length,
           });
           this.#downSince = null;
           this.lastError = null;
@@ -105,11 +118,12 @@ export class Uploader {
       } catch (err) {
         this.errors++;
         this.lastError = errorMessage(err);
+        this.#onError(this.lastError);
         const now = Date.now();
         if (this.#downSince === null || now - this.#lastWarn >= this.#retry.warnEveryMs) {
           this.#log.warn(`upload failed, will retry; objects wait in the local cache: ${this.lastError}`, {
             replica: this.#storage.location,
-            waiting: this.#cache.pending().length,
+            waiting: this.#cache.pending(this.name).length,
           });
           this.#lastWarn = now;
         }
