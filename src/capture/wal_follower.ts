@@ -152,6 +152,12 @@ export class WalFollower {
       return nothing("the WAL was deleted (its last connection closed) before every commit in it was proven read");
     }
     if (!wal || !header) {
+      // With no WAL at the base, the database file can only change through a
+      // WAL that came, was checkpointed on close and went between two polls.
+      if (!baseline && this.#position === null && this.#baseDbSignature !== null &&
+        fileSignature(this.dbPath) !== this.#baseDbSignature) {
+        return nothing("the database file changed while no WAL was present (a checkpoint of unread commits)");
+      }
       // No WAL content: a TRUNCATE checkpoint, or no connection open. The
       // ledger can still tell whether commits went by unread.
       if (shm && shm.mxFrame === 0) {
