@@ -22,14 +22,20 @@ import { parseDuration } from "./duration.ts";
 import type { Log } from "./log.ts";
 import { openReplica } from "./replica/open_replica.ts";
 import type { ReplicaStorage } from "./replica/storage.ts";
-import { Replicator } from "./replicate/replicator.ts";
+import { Replicator, type ReplicatorEvent } from "./replicate/replicator.ts";
 import { restoreDatabase, type RestoreResult } from "./restore/restore.ts";
 
 export { type ErrorCode, WalshipError } from "./errors.ts";
 export { createLog, type Log, type LogLevel } from "./log.ts";
 export type { InspectReport } from "./capture/inspect.ts";
 export type { ObjectInfo, ReplicaStorage } from "./replica/storage.ts";
-export { Replicator, type ReplicatorEvent, type ReplicatorStatus } from "./replicate/replicator.ts";
+export {
+  type ReplicaStatus,
+  Replicator,
+  type ReplicatorEvent,
+  type ReplicatorStatus,
+  type StopResult,
+} from "./replicate/replicator.ts";
 export type { RestoreResult } from "./restore/restore.ts";
 export { describeGenerations, describeSnapshots, type GenerationInfo, type SnapshotInfo } from "./restore/describe.ts";
 
@@ -53,6 +59,8 @@ export interface ReplicateOptions {
   pin?: boolean;
   /** Where logs go; silent by default. */
   log?: Log;
+  /** Subscribed before the start, so it also sees the first snapshot; more with `handle.on()`. */
+  onEvent?: (event: ReplicatorEvent) => void;
 }
 
 /**
@@ -80,6 +88,7 @@ export async function replicate(options: ReplicateOptions): Promise<Replicator> 
     pin: options.pin,
     log: options.log,
   });
+  if (options.onEvent) replicator.on(options.onEvent);
   await replicator.start();
   return replicator;
 }

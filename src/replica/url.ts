@@ -148,6 +148,7 @@ function nonEmpty(value: string | undefined): string | undefined {
 
 /** A BAD_URL error that shows the URL without its query or any user info. */
 function bad(url: string, why: string): WalshipError {
-  const shown = url.replace(/\?.*$/s, "?…").replace(/\/\/[^/?#]*@/, "//…@").replace(/\s+/g, " ");
+  const shown = url.replace(/#.*$/s, "#…").replace(/\?.*$/s, "?…").replace(/\/\/[^/?#]*@/, "//…@")
+    .replace(/\s+/g, " ");
   return new WalshipError("BAD_URL", `bad replica URL "${shown}": ${why}; ${FORMS}`);
 }
