@@ -10,7 +10,8 @@ import { WalshipError } from "../errors.ts";
 import { createLog } from "../log.ts";
 import { openReplica } from "../replica/open_replica.ts";
 import { restoreDatabase } from "../restore/restore.ts";
-import type { Output } from "./output.ts";
+import { type Output, processOutput } from "./output.ts";
+import { createProgress } from "./progress.ts";
 
 interface RestoreFlags {
   output?: string;
@@ -55,6 +56,9 @@ export function registerRestore(cli: CAC, output: Output): void {
       if (!Number.isInteger(parallelism) || parallelism < 1) {
         throw new WalshipError("BAD_ARGUMENT", `--parallelism "${flags.parallelism}" must be a whole number from 1`);
       }
+      // A progress bar (bytes, rate, ETA) only when stderr is a terminal, and
+      // never with --json or when a caller captures the output.
+      const progress = flags.json || output !== processOutput ? null : createProgress({ label: "restoring" });
       try {
         const r = await restoreDatabase({
           storage: openReplica(url),
@@ -63,7 +67,8 @@ export function registerRestore(cli: CAC, output: Output): void {
           force: flags.force,
           parallelism,
           log: createLog({ level: "warn" }),
-        });
+          onProgress: progress?.update,
+        }).finally(() => progress?.finish());
         const at = new Date(r.time).toISOString();
         output.out(
           flags.json

@@ -33,6 +33,12 @@ export interface RestoreOptions {
   /** Segments downloaded at once; default 8. */
   parallelism?: number;
   log?: Log;
+  /**
+   * Called as objects download, with bytes received so far and the total
+   * planned (the snapshot object's size plus the segments' sizes, as
+   * listed); a last call reports `(total, total)` once the file is complete.
+   */
+  onProgress?: (done: number, total: number) => void;
 }
 
 /** What a restore produced. */
@@ -85,8 +91,9 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
     throw ioError(`cannot write ${output}`, err);
   }
   try {
-    const state = await restoreSnapshot(storage, plan, fd);
-    await applySegments(storage, plan, fd, state, options.parallelism ?? 8);
+    const progress = progressCounter(plan, options.onProgress);
+    const state = await restoreSnapshot(storage, plan, fd, progress);
+    await applySegments(storage, plan, fd, state, options.parallelism ?? 8, progress);
     fs.ftruncateSync(fd, state.dbSize * state.pageSize);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
@@ -97,6 +104,7 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
     }
     fs.renameSync(tmp, output);
     fsyncDir(path.dirname(path.resolve(output)));
+    progress?.complete();
     return {
       output,
       generation: plan.generation,
@@ -114,13 +122,54 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
   }
 }
 
-async function restoreSnapshot(storage: ReplicaStorage, plan: RestorePlan, fd: number): Promise<ApplyState> {
+/** Counts downloaded bytes against the planned total for `onProgress`. */
+interface ProgressCounter {
+  add(bytes: number): void;
+  complete(): void;
+}
+
+function progressCounter(
+  plan: RestorePlan,
+  onProgress: RestoreOptions["onProgress"],
+): ProgressCounter | null {
+  if (!onProgress) return null;
+  // Segments wholly past a txid target are never downloaded; the others may be.
+  const segments = plan.txid === null ? plan.segments : plan.segments.filter((s) => s.firstTxid <= plan.txid!);
+  const total = segments.reduce((sum, s) => sum + s.size, plan.snapshot.size);
+  let done = 0;
+  onProgress(0, total);
+  return {
+    add(bytes) {
+      done += bytes;
+      onProgress(Math.min(done, total), total);
+    },
+    complete: () => onProgress(total, total),
+  };
+}
+
+async function* counted(
+  source: AsyncIterable<Uint8Array>,
+  progress: ProgressCounter,
+): AsyncGenerator<Uint8Array> {
+  for await (const chunk of source) {
+    progress.add(chunk.length);
+    yield chunk;
+  }
+}
+
+async function restoreSnapshot(
+  storage: ReplicaStorage,
+  plan: RestorePlan,
+  fd: number,
+  progress: ProgressCounter | null,
+): Promise<ApplyState> {
   const what = `${storage.location}/${plan.snapshot.key}`;
   const out: StreamedObject = { meta: null };
   let written = 0;
   try {
+    const source = await storage.getStream(plan.snapshot.key);
     await pipeline(
-      verifiedPayload(await storage.getStream(plan.snapshot.key), what, out),
+      verifiedPayload(progress ? counted(source, progress) : source, what, out),
       createZstdDecompressStream(),
       // A Writable, not an async-function sink: under Deno, iterating the zstd
       // stream sometimes destroys it between 'end' and 'finish', and pipeline
@@ -165,6 +214,7 @@ async function applySegments(
   fd: number,
   state: ApplyState,
   parallelism: number,
+  progress: ProgressCounter | null,
 ): Promise<void> {
   const segments = plan.segments;
   const fetches: Array<Promise<Uint8Array>> = [];
@@ -180,6 +230,7 @@ async function applySegments(
     const bytes = await fetches[i];
     delete fetches[i];
     if (i + parallelism < segments.length) fetch(i + parallelism);
+    progress?.add(bytes.length);
     const { meta, payload } = decodeObject(bytes, what);
     if (meta.kind !== "segment" || meta.generation !== plan.generation ||
         meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid) {
