@@ -19,6 +19,7 @@ export type ErrorCode =
   | "UNREACHABLE" // the endpoint does not answer
   | "BAD_URL" // a replica URL that cannot be parsed
   | "BAD_ARGUMENT" // a flag or option with a bad value
+  | "BAD_CONFIG" // a config file that cannot be read or makes no sense
   | "NO_BACKUP" // the replica holds nothing to restore
   | "GAP" // the replica misses objects between a snapshot and a target
   | "IO" // a local file system failure (full disk, permissions)

@@ -1,14 +1,18 @@
 /**
- * `walship restore -o <out> <replica-url>`.
+ * `walship restore -o <out> <replica-url>`, or `<db-path>` as the config file lists it.
  *
  * @module
  */
 
 import fs from "node:fs";
+import path from "node:path";
 import type { CAC } from "cac";
-import { WalshipError } from "../errors.ts";
-import { createLog } from "../log.ts";
+import { findDbConfig } from "../config/config.ts";
+import { errorMessage, WalshipError } from "../errors.ts";
+import { createLog, type Log } from "../log.ts";
 import { openReplica } from "../replica/open_replica.ts";
+import type { ReplicaStorage } from "../replica/storage.ts";
+import { describeGenerations } from "../restore/describe.ts";
 import { restoreDatabase } from "../restore/restore.ts";
 import { type Output, processOutput } from "./output.ts";
 import { createProgress } from "./progress.ts";
@@ -23,12 +27,19 @@ interface RestoreFlags {
   force?: boolean;
   parallelism: string | number;
   json?: boolean;
+  config?: string;
+  expandEnv: boolean;
+  replica?: string;
 }
 
 /** Registers `restore` on the CLI. */
 export function registerRestore(cli: CAC, output: Output): void {
   cli
-    .command("restore <replica-url>", "Rebuild a database from a replica: the latest state, a txid, or a point in time")
+    .command(
+      "restore <replica-url-or-db>",
+      "Rebuild a database from a replica: the latest state, a txid, or a point in time. Given a database path " +
+        "listed in the config file, restores from its replica with the newest data (or --replica)",
+    )
     .option("-o, --output <file>", "The database file to write (required)")
     .option("--timestamp <time>", "Restore the last transaction at or before this RFC 3339 time")
     .option("--txid <n>", "Restore exactly this transaction")
@@ -38,10 +49,14 @@ export function registerRestore(cli: CAC, output: Output): void {
     .option("--force", "Replace an existing output file")
     .option("--parallelism <n>", "Objects downloaded at once", { default: 8 })
     .option("--json", "Print the result as JSON")
+    .option("--config <file>", "Config file to find the database's replicas in (default: $WALSHIP_CONFIG, else /etc/walship.yml)")
+    .option("--no-expand-env", "Do not replace $VAR and ${VAR} in the config file")
+    .option("--replica <name-or-url>", "With a database path: restore from this replica of it")
     .example((bin) => `  ${bin} restore -o app.db s3://my-bucket/app`)
     .example((bin) => `  ${bin} restore -o app.db --timestamp 2026-11-21T09:30:00Z s3://my-bucket/app`)
     .example((bin) => `  ${bin} restore -o app.db --if-db-not-exists --if-replica-exists file:///var/backups/app`)
-    .action(async (url: string, flags: RestoreFlags) => {
+    .example((bin) => `  ${bin} restore -o /tmp/app.db --config /etc/walship.yml /var/lib/app/app.db`)
+    .action(async (arg: string, flags: RestoreFlags) => {
       if (!flags.output) throw new WalshipError("BAD_ARGUMENT", "restore needs -o <file>: where to write the database");
       if (flags.ifDbNotExists && fs.existsSync(flags.output)) return 0;
       const target = {
@@ -58,15 +73,17 @@ export function registerRestore(cli: CAC, output: Output): void {
       }
       // A progress bar (bytes, rate, ETA) only when stderr is a terminal, and
       // never with --json or when a caller captures the output.
+      const log = createLog({ level: "warn" });
+      const storage = await chooseReplica(arg, flags, log);
       const progress = flags.json || output !== processOutput ? null : createProgress({ label: "restoring" });
       try {
         const r = await restoreDatabase({
-          storage: openReplica(url),
+          storage,
           output: flags.output,
           target,
           force: flags.force,
           parallelism,
-          log: createLog({ level: "warn" }),
+          log,
           onProgress: progress?.update,
         }).finally(() => progress?.finish());
         const at = new Date(r.time).toISOString();
@@ -82,6 +99,48 @@ export function registerRestore(cli: CAC, output: Output): void {
         throw err;
       }
     });
+}
+
+/**
+ * The replica to restore from: `arg` itself when it is a URL or no config
+ * lists it as a database; else that database's replica named by --replica,
+ * its only one, or the one whose newest generation reaches the highest txid
+ * (unreachable ones skipped with a warning).
+ */
+async function chooseReplica(arg: string, flags: RestoreFlags, log: Log): Promise<ReplicaStorage> {
+  const isUrl = /^[A-Za-z][A-Za-z0-9+.-]+:\/\//.test(arg);
+  const found = isUrl ? null : findDbConfig(arg, flags.config, { expandEnv: flags.expandEnv });
+  if (!found) {
+    if (flags.replica) throw new WalshipError("BAD_ARGUMENT", `--replica needs a database path listed in the config, not ${arg}`);
+    if (flags.config && !isUrl) {
+      throw new WalshipError("BAD_ARGUMENT", `${path.resolve(arg)} is not among the databases in ${path.resolve(flags.config)}`);
+    }
+    return openReplica(arg);
+  }
+  const candidates = found.db.replicas.map((r) => ({ name: r.name, storage: openReplica(r.url, { env: r.env }) }));
+  if (flags.replica) {
+    const pick = candidates.find((c) => c.name === flags.replica || c.storage.location === flags.replica);
+    if (!pick) {
+      const names = candidates.map((c) => `${c.name} (${c.storage.location})`).join(", ");
+      throw new WalshipError("BAD_ARGUMENT", `${found.db.path} has no replica "${flags.replica}": it has ${names}`);
+    }
+    return pick.storage;
+  }
+  if (candidates.length === 1) return candidates[0].storage;
+  let best: { storage: ReplicaStorage; txid: number } | null = null;
+  let lastError: unknown = null;
+  for (const c of candidates) {
+    try {
+      const newest = (await describeGenerations(c.storage)).at(-1);
+      const txid = newest?.lastTxid ?? 0;
+      if (!best || txid > best.txid) best = { storage: c.storage, txid };
+    } catch (err) {
+      lastError = err;
+      log.warn(`skipping replica ${c.storage.location}: ${errorMessage(err)}`);
+    }
+  }
+  if (!best) throw lastError;
+  return best.storage;
 }
 
 function parseTxid(v: string | number): number {

@@ -54,6 +54,8 @@ export interface ReplicatorOptions {
   /** Take part in SQLite's locking so the WAL cannot outrun walship (Linux); default true. */
   pin?: boolean;
   log?: Log;
+  /** Called while a snapshot is written: image bytes read of the total. Returns a finisher, or null. */
+  snapshotProgress?: () => { update: (done: number, total: number) => void; finish: () => void } | null;
 }
 
 /** Where one replica stands. */
@@ -178,6 +180,7 @@ export class Replicator {
   #listeners: Array<(e: ReplicatorEvent) => void> = [];
   #stats = { snapshots: 0, segments: 0, repairs: 0, heals: 0 };
   #pinEnabled: boolean;
+  #snapshotProgress: ReplicatorOptions["snapshotProgress"];
   #pinKeeper!: PinKeeper;
   /** Page hashes of the replicated state; null when unknown (healing then needs a new generation). */
   #table: PageTable | null = null;
@@ -197,6 +200,7 @@ export class Replicator {
     this.#log = options.log ?? silentLog;
     this.#retry = options.retry ?? DEFAULT_RETRY;
     this.#pinEnabled = options.pin ?? true;
+    this.#snapshotProgress = options.snapshotProgress;
   }
 
   /** Subscribes to events; returns the unsubscribe function. */
@@ -740,7 +744,9 @@ export class Replicator {
   async #storeSnapshot(imagePath: string, meta: SnapshotMeta, reason: string): Promise<void> {
     const objectTmp = this.#tempPath();
     try {
-      const hash = await writeSnapshotObject(imagePath, meta, objectTmp);
+      const progress = this.#snapshotProgress?.() ?? null;
+      const hash = await writeSnapshotObject(imagePath, meta, objectTmp, { onProgress: progress?.update })
+        .finally(() => progress?.finish());
       this.#cache.addFile(objectTmp, {
         hash,
         key: snapshotKey(meta.generation, meta.txid, meta.time),
