@@ -30,6 +30,7 @@ interface ReplicateFlags {
   expandEnv: boolean;
   exec?: string;
   metricsAddr?: string;
+  retention?: string;
 }
 
 const DEFAULT_SYNC = 1000;
@@ -48,6 +49,7 @@ export function registerReplicate(cli: CAC, _output: Output): void {
     .option("--metrics-addr <host:port>", "Serve Prometheus /metrics and /healthz here, e.g. :9090 (config: addr)")
     .option("--sync-interval <duration>", "Upload at most once per interval (default 1s, or the config's sync-interval)")
     .option("--snapshot-interval <duration>", "Take a fresh snapshot this often (default 24h, or the config's snapshot-interval)")
+    .option("--retention <duration>", "Delete states older than this after each snapshot, e.g. 72h (default: keep all, or the config's retention)")
     .option("--cache-dir <dir>", "Local cache of objects waiting for upload (default: .<db>-walship beside the db)")
     .option("--shutdown-timeout <duration>", "On SIGTERM, wait this long for uploads before exiting 1", { default: "30s" })
     .option("--pin", "Hold a read slot in SQLite's own locking so the WAL cannot restart unread (--no-pin: don't)", { default: true })
@@ -67,9 +69,12 @@ export function registerReplicate(cli: CAC, _output: Output): void {
       for (const w of jobs.warnings) log.warn(w);
       const shutdownTimeout = parseDuration(flags.shutdownTimeout, "--shutdown-timeout");
       const execArgs = jobs.exec === undefined ? null : splitCommand(jobs.exec);
-      const replicators = jobs.dbs.map((d) =>
-        new Replicator(d.path, {
-          storage: d.replicas.map((r) => openReplica(r.url, { env: r.env })),
+      const retentionFlag = flags.retention === undefined ? undefined : parseDuration(flags.retention, "--retention");
+      const replicators = jobs.dbs.map((d) => {
+        const storages = d.replicas.map((r) => openReplica(r.url, { env: r.env }));
+        return new Replicator(d.path, {
+          storage: storages,
+          retention: Object.fromEntries(storages.map((s, i) => [s.location, retentionFlag ?? d.replicas[i].retention])),
           cacheDir: d.cacheDir,
           syncInterval: d.syncInterval,
           snapshotInterval: d.snapshotInterval,
@@ -77,8 +82,8 @@ export function registerReplicate(cli: CAC, _output: Output): void {
           log,
           // A bar for large snapshots on a terminal; never with several databases interleaving.
           snapshotProgress: jobs.dbs.length === 1 ? () => createProgress({ label: "snapshot" }) : undefined,
-        })
-      );
+        });
+      });
       return await run(replicators, { log, shutdownTimeout, execArgs, metricsAddr: jobs.addr });
     });
 }
@@ -107,7 +112,7 @@ function readJobs(db: string | undefined, urls: string[], flags: ReplicateFlags)
         path: db,
         cacheDir: flags.cacheDir,
         syncInterval: sync ?? DEFAULT_SYNC,
-        snapshotInterval: snap ?? DEFAULT_SNAPSHOT,
+        snapshotInterval: snap ?? (flags.retention ? Math.min(parseDuration(flags.retention, "--retention"), DEFAULT_SNAPSHOT) : DEFAULT_SNAPSHOT),
         replicas: urls.map((url, i) => ({ name: `replica ${i + 1}`, url, env: process.env })),
       }],
       addr: flags.metricsAddr,
@@ -136,7 +141,11 @@ function readJobs(db: string | undefined, urls: string[], flags: ReplicateFlags)
       cacheDir: flags.cacheDir ?? d.cacheDir,
       // One capture pipeline per database feeds every replica: the most eager replica sets the pace.
       syncInterval: sync ?? min(d.replicas.map((r) => r.syncInterval), DEFAULT_SYNC),
-      snapshotInterval: snap ?? min(d.replicas.map((r) => r.snapshotInterval), DEFAULT_SNAPSHOT),
+      // As in Litestream, retention without a snapshot interval snapshots once per retention period.
+      snapshotInterval: snap ?? min(
+        d.replicas.map((r) => r.snapshotInterval),
+        min(d.replicas.map((r) => r.retention), DEFAULT_SNAPSHOT),
+      ),
       replicas: d.replicas,
     })),
     addr: flags.metricsAddr ?? config.addr,

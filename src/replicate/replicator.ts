@@ -32,6 +32,7 @@ import { listGeneration, listGenerations } from "../restore/plan.ts";
 import { restoreDatabase } from "../restore/restore.ts";
 import { applyRecords, diffImage, replayTable, tableFromImage } from "./page_table_sync.ts";
 import { PinKeeper } from "./pin_keeper.ts";
+import { enforceRetention } from "./retention.ts";
 import { SegmentBuilder } from "./segment_builder.ts";
 import { writeSnapshotObject } from "./snapshot_object.ts";
 import { DEFAULT_RETRY, type RetryPolicy, Uploader } from "./uploader.ts";
@@ -54,6 +55,12 @@ export interface ReplicatorOptions {
   /** Take part in SQLite's locking so the WAL cannot outrun walship (Linux); default true. */
   pin?: boolean;
   log?: Log;
+  /**
+   * Forget states older than this many ms, after each snapshot reaches a
+   * replica (see retention.ts); by replica location, or one value for all.
+   * Default: keep everything.
+   */
+  retention?: number | Record<string, number | undefined>;
   /** Called while a snapshot is written: image bytes read of the total. Returns a finisher, or null. */
   snapshotProgress?: () => { update: (done: number, total: number) => void; finish: () => void } | null;
 }
@@ -124,6 +131,7 @@ export type ReplicatorEvent =
   | { type: "segment"; generation: string; firstTxid: number; lastTxid: number }
   | { type: "sync"; replica: string; key: string; txid: number }
   | { type: "error"; replica: string; message: string }
+  | { type: "retention"; replica: string; generations: number; objects: number }
   | { type: "repair"; reason: string }
   | { type: "heal"; reason: string; txid: number; pages: number; bytes: number };
 
@@ -150,6 +158,9 @@ interface Target {
   name: string;
   uploader: Uploader;
   uploadedTxid: number;
+  retention?: number;
+  /** The retention pass running, if any. */
+  pruning: Promise<void> | null;
 }
 
 /** Replicates one database to one or more replicas. */
@@ -181,6 +192,7 @@ export class Replicator {
   #stats = { snapshots: 0, segments: 0, repairs: 0, heals: 0 };
   #pinEnabled: boolean;
   #snapshotProgress: ReplicatorOptions["snapshotProgress"];
+  #retention: ReplicatorOptions["retention"];
   #pinKeeper!: PinKeeper;
   /** Page hashes of the replicated state; null when unknown (healing then needs a new generation). */
   #table: PageTable | null = null;
@@ -201,6 +213,7 @@ export class Replicator {
     this.#retry = options.retry ?? DEFAULT_RETRY;
     this.#pinEnabled = options.pin ?? true;
     this.#snapshotProgress = options.snapshotProgress;
+    this.#retention = options.retention;
   }
 
   /** Subscribes to events; returns the unsubscribe function. */
@@ -230,13 +243,15 @@ export class Replicator {
     const remotes = [];
     for (const storage of this.#storages) remotes.push(await this.#probeReplica(storage));
     for (const storage of this.#storages) {
-      const target: Target = { storage, name: storage.location, uploadedTxid: 0, uploader: null! };
+      const retention = typeof this.#retention === "number" ? this.#retention : this.#retention?.[storage.location];
+      const target: Target = { storage, name: storage.location, uploadedTxid: 0, uploader: null!, retention, pruning: null };
       target.uploader = new Uploader(this.#cache, storage, this.#log, {
         name: target.name,
         retry: this.#retry,
         onUploaded: (obj) => {
           target.uploadedTxid = Math.max(target.uploadedTxid, obj.txid);
           this.#emit({ type: "sync", replica: target.name, key: obj.key, txid: obj.txid });
+          if (obj.kind === "snapshot") this.#prune(target);
         },
         onError: (message) => this.#emit({ type: "error", replica: target.name, message }),
       });
@@ -244,6 +259,7 @@ export class Replicator {
     }
     for (const t of this.#targets) t.uploader.start();
     await this.#resumeOrBegin(remotes);
+    for (const t of this.#targets) this.#prune(t);
     this.#watch = watchDatabase(this.db, this.#pollInterval, () => this.#wake?.());
     this.#loop = this.#run();
   }
@@ -321,6 +337,7 @@ export class Replicator {
       clearTimeout(timer);
     }
     await Promise.all(this.#targets.map((t) => t.uploader.stop()));
+    await Promise.all(this.#targets.map((t) => t.pruning));
     const result = { pendingObjects: this.#cache.pending().length, pendingBytes: this.#cache.pendingBytes() };
     this.#saveTable(true);
     this.#pinKeeper.close();
@@ -773,6 +790,21 @@ export class Replicator {
 
   #tempPath(): string {
     return tempPathBeside(path.join(this.#cacheDir, "snapshot"));
+  }
+
+  /** Starts a retention pass on a replica, unless one runs or none is set. */
+  #prune(target: Target): void {
+    const generation = this.#generation;
+    if (target.retention === undefined || target.pruning || !generation) return;
+    target.pruning = enforceRetention(target.storage, generation, target.retention)
+      .then((r) => {
+        if (r.objects > 0) {
+          this.#log.info("retention: deleted old objects", { replica: target.name, ...r });
+          this.#emit({ type: "retention", replica: target.name, generations: r.generations, objects: r.objects });
+        }
+      })
+      .catch((err) => this.#log.warn(`retention pass failed, will try after the next snapshot: ${errorMessage(err)}`, { replica: target.name }))
+      .finally(() => (target.pruning = null));
   }
 
   #emit(e: ReplicatorEvent): void {
