@@ -29,6 +29,9 @@ export async function runCli(args: string[], output: Output = processOutput): Pr
   registerRestore(cli, output);
   registerListCommands(cli, output);
   registerInspect(cli, output);
+  cli.example((bin) => `  ${bin} replicate app.db s3://my-bucket/app`);
+  cli.example((bin) => `  ${bin} restore -o app.db s3://my-bucket/app`);
+  cli.example((bin) => `  ${bin} replicate --config /etc/walship.yml`);
   cli.help();
   cli.version(VERSION);
   try {
