@@ -615,6 +615,16 @@ export function workloadState(db: string): Promise<{ k: number; rows: number }> 
   });
 }
 
+/** {@linkcode dumpDatabase} of a database in place, its WAL included (a connection to the file itself). */
+export async function dumpLive(file: string): Promise<string> {
+  const con = await openSqlite(file);
+  try {
+    return dumpDatabase(con);
+  } finally {
+    con.close();
+  }
+}
+
 /** Every row of every table and the schema, as one string: equal strings mean equal contents. */
 export function dumpDatabase(con: SqliteConnection): string {
   const hex = (v: unknown) => v instanceof Uint8Array ? `x'${Buffer.from(v).toString("hex")}'` : v;

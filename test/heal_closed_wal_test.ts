@@ -12,20 +12,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { Replicator } from "../src/replicate/replicator.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
-import { openSqlite, test } from "./_runtime.ts";
-import { dumpDatabase, freshReplica, recordingLog } from "./_replication_fixtures.ts";
+import { test } from "./_runtime.ts";
+import { dumpLive, freshReplica, recordingLog } from "./_replication_fixtures.ts";
 import { withTempDir } from "./_util.ts";
 
 const sqlite3 = (db: string, sql: string) => execFileSync("sqlite3", [db, sql], { encoding: "utf8" });
-
-async function dumpOf(file: string): Promise<string> {
-  const con = await openSqlite(file);
-  try {
-    return dumpDatabase(con);
-  } finally {
-    con.close();
-  }
-}
 
 for (const pin of [true, false]) {
   test(`pin ${pin}: commits of WALs created, checkpointed and deleted between polls are healed, not lost`, async () => {
@@ -51,7 +42,7 @@ for (const pin of [true, false]) {
         await r.flush();
         const out = path.join(dir, "restored.db");
         const restored = await restoreDatabase({ storage: replica.storage, output: out, target: {} });
-        assert.equal(await dumpOf(out), await dumpOf(db), "the restored copy holds every row");
+        assert.equal(await dumpLive(out), await dumpLive(db), "the restored copy holds every row");
         assert.ok(restored.txid > 1, "something after the first snapshot was shipped");
         assert.ok(
           log.lines.some((l) => l.message.includes("the database file changed while no WAL was present")),

@@ -13,24 +13,15 @@ import { pathToFileURL } from "node:url";
 import { openReplica } from "../src/replica/open_replica.ts";
 import { Replicator } from "../src/replicate/replicator.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
-import { openSqlite, test } from "./_runtime.ts";
+import { test } from "./_runtime.ts";
 import { startS3Server } from "./_s3_server.ts";
-import { dumpDatabase, openRuntimeWriter, recordingLog, runtimeTransaction, testSeed } from "./_replication_fixtures.ts";
+import { dumpLive, openRuntimeWriter, recordingLog, runtimeTransaction, testSeed } from "./_replication_fixtures.ts";
 import { prng, waitFor, withTempDir } from "./_util.ts";
 import type { ReplicaStorage } from "../src/replica/storage.ts";
 
-async function dumpOf(file: string): Promise<string> {
-  const con = await openSqlite(file);
-  try {
-    return dumpDatabase(con);
-  } finally {
-    con.close();
-  }
-}
-
 async function restoredDump(storage: ReplicaStorage, output: string): Promise<{ dump: string; generation: string; txid: number }> {
   const r = await restoreDatabase({ storage, output, target: {}, force: true });
-  return { dump: await dumpOf(output), generation: r.generation, txid: r.txid };
+  return { dump: await dumpLive(output), generation: r.generation, txid: r.txid };
 }
 
 test("two replicas keep their own positions: S3 down falls behind, the directory keeps up, both restore the same", async () => {
@@ -83,7 +74,7 @@ test("two replicas keep their own positions: S3 down falls behind, the directory
         assert.equal(dirStatus.pendingObjects, 0);
         assert.equal(dirStatus.lagSeconds, 0);
         assert.equal(st.uploadedTxid, s3Status.uploadedTxid, "the overall position is the slowest replica's");
-        const live = await dumpOf(db);
+        const live = await dumpLive(db);
         const fromDir = await restoredDump(open(dirA), path.join(dir, "from-a.db"));
         assert.equal(fromDir.txid, st.txid);
         assert.equal(fromDir.dump, live, "the directory replica restores the live state during the S3 outage");
@@ -106,7 +97,7 @@ test("two replicas keep their own positions: S3 down falls behind, the directory
         st = r.status();
         assert.notEqual(st.generation, generation, "adding a replica starts a new generation");
         assert.ok(log.lines.some((l) => l.level === "warn" && l.message.includes(`replica ${openReplica(dirB).location} was added`)));
-        const now = await dumpOf(db);
+        const now = await dumpLive(db);
         for (const url of [s3Url, dirA, dirB]) {
           const got = await restoredDump(open(url), path.join(dir, "again.db"));
           assert.deepEqual({ generation: got.generation, txid: got.txid, same: got.dump === now }, {
@@ -129,7 +120,7 @@ test("two replicas keep their own positions: S3 down falls behind, the directory
         assert.equal(st.generation, kept, "removing a replica does not need a new generation");
         assert.equal(st.pendingObjects, 0, "nothing waits for the removed replica");
         assert.deepEqual(fs.readdirSync(path.join(cacheDir, "objects")), [], "its cached objects were freed");
-        assert.equal((await restoredDump(open(dirA), path.join(dir, "last.db"))).dump, await dumpOf(db));
+        assert.equal((await restoredDump(open(dirA), path.join(dir, "last.db"))).dump, await dumpLive(db));
         await r.stop();
       } finally {
         con.close();

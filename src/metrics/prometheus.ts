@@ -34,43 +34,14 @@
  * @module
  */
 
+import type { ReplicaStatus, ReplicatorStatus } from "../replicate/replicator.ts";
 import { VERSION } from "../version.ts";
 
 /** One replica's share of a replicator's status. */
-export interface MetricsReplicaInput {
-  /** The replica's location, e.g. `s3://bucket/prefix` (never credentials). */
-  replica: string;
-  uploadedTxid: number;
-  pendingObjects: number;
-  pendingBytes: number;
-  uploads: number;
-  uploadErrors: number;
-  lastError: string | null;
-  lagSeconds: number;
-}
+export type MetricsReplicaInput = ReplicaStatus;
 
-/** What the metrics are rendered from: the shape of `Replicator.status()`. */
-export interface MetricsInput {
-  db: string;
-  generation: string | null;
-  txid: number;
-  uploadedTxid: number;
-  pendingObjects: number;
-  pendingBytes: number;
-  snapshots: number;
-  segments: number;
-  repairs: number;
-  heals: number;
-  uploadErrors: number;
-  lastError: string | null;
-  pin: string;
-  pinned: boolean;
-  walSize: number;
-  lagSeconds: number;
-  started: boolean;
-  replica: string;
-  replicas: MetricsReplicaInput[];
-}
+/** What the metrics are rendered from: `Replicator.status()`. */
+export type MetricsInput = ReplicatorStatus;
 
 /** The Content-Type of {@linkcode renderMetrics}'s output. */
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
