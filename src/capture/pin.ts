@@ -134,19 +134,13 @@ export class WalPin {
    * Takes READ_LOCK(0) shared, for the moment the slot is let go: backfill
    * needs it exclusively, and a writer restarts the WAL only once it is fully
    * backfilled, so the WAL can then restart once (when it is fully backfilled
-   * already) but not again, however late walship holds its slot back. Held
-   * between restart windows of a large WAL too (see pin_keeper.ts), and let
-   * go for any waiting checkpointer. False when someone holds it
+   * already) but not again, however late walship holds its slot back. Never
+   * kept: it would hold back every checkpoint. False when someone holds it
    * exclusively (a checkpointer backfilling).
    */
   keepBackfillOut(): boolean {
     if (this.#backfillOut) return true;
     this.#backfillOut = this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0, 1);
-    return this.#backfillOut;
-  }
-
-  /** True while READ_LOCK(0) is held. */
-  get backfillHeldOut(): boolean {
     return this.#backfillOut;
   }
 

@@ -12,15 +12,6 @@
  * - the WAL has grown past RESTART_AFTER_FRAMES: let go for a moment so the
  *   next writer can restart it; taken back right after.
  *
- * Between those windows, once the WAL is past RESTART_AFTER_FRAMES, backfill
- * is kept out too (READ_LOCK(0) held shared): the WAL cannot restart before
- * the next window anyway, and without this SQLite's autocheckpoint would
- * backfill and fsync after every single commit of a WAL that only grows,
- * slowing a busy writer many times over. A window comes when a segment is
- * due (the sync interval has passed, or much is waiting), so a busy WAL
- * restarts about once per segment; a waiting RESTART/TRUNCATE checkpointer
- * gets backfill back at once.
- *
  * Meanwhile READ_LOCK(0) is held shared, which keeps backfill out: the WAL,
  * fully backfilled when the slot is let go, can restart once, but the new
  * one cannot be backfilled, so it cannot restart again before walship has
@@ -126,10 +117,9 @@ export class PinKeeper {
    * One round, after the follower has read the WAL: lets the slot go when
    * that is safe and useful, and takes it back as soon as it has served.
    * `flushAll` puts every transaction read into the local cache (called
-   * before letting go); `due` says a segment would be cut now anyway, the
-   * only time a restart window is opened.
+   * before letting go).
    */
-  async tick(follower: WalFollower, flushAll: () => void, due = true): Promise<void> {
+  async tick(follower: WalFollower, flushAll: () => void): Promise<void> {
     if (!this.ensurePinned()) return;
     const pin = this.#pin!;
     const shm = readWalIndexFile(`${this.#db}-shm`);
@@ -147,19 +137,8 @@ export class PinKeeper {
     // An empty WAL (just truncated) holds nothing to read, whatever epoch the follower was last in.
     const caughtUp = shm.mxFrame === 0 ||
       (pos !== null && shm.salt1 === pos.salt1 && shm.salt2 === pos.salt2 && shm.mxFrame === pos.frame);
-    const waiting = pin.checkpointerWaiting();
-    if (!waiting && shm.mxFrame >= RESTART_AFTER_FRAMES && !due) {
-      // Until the next window, the app's autocheckpoints return at once instead of syncing each commit.
-      pin.keepBackfillOut();
-      return;
-    }
-    if (pin.backfillHeldOut) {
-      // A window is due, or a checkpointer waits: let backfill catch up first (the app's next
-      // commit or the waiting checkpointer does it); the slot goes in a later round.
-      pin.letBackfillIn();
-      return;
-    }
     if (!caughtUp || shm.nBackfill !== shm.mxFrame) return;
+    const waiting = pin.checkpointerWaiting();
     if (!waiting && shm.mxFrame < RESTART_AFTER_FRAMES) return;
     const shmPath = `${this.#db}-shm`;
     // Every transaction read goes to the local cache first. Then backfill is
@@ -170,14 +149,13 @@ export class PinKeeper {
     // writer needs a millisecond or two to fill, backfill and restart a WAL,
     // and the kernel does not hand a released lock to a waiter). Once
     // backfill is out, the WAL must still be the one read to its end.
+    flushAll();
     if (!pin.keepBackfillOut()) return;
     const now = readWalIndexFile(shmPath);
     if (!now || now.salt1 !== shm.salt1 || now.salt2 !== shm.salt2 || now.mxFrame !== shm.mxFrame || now.nBackfill !== now.mxFrame) {
       pin.letBackfillIn();
       return;
     }
-    // Cut only once the window is sure: a failed attempt must not cost an object.
-    flushAll();
     pin.letGo();
     const since = Date.now();
     // Frames the checkpointer would have to backfill first mean the slot was let go too early (the

@@ -135,9 +135,6 @@ export type ReplicatorEvent =
   | { type: "repair"; reason: string }
   | { type: "heal"; reason: string; txid: number; pages: number; bytes: number };
 
-/** Pinned, a busy WAL may restart (after a segment is cut) once this much waits, before the sync interval. */
-const WINDOW_AFTER_BYTES = 16 << 20;
-
 /** A heal holds the changed pages in memory; past this, a new generation's snapshot (streamed) is used. */
 const MAX_HEAL_BYTES = 256 << 20;
 
@@ -442,9 +439,7 @@ export class Replicator {
     try {
       await this.#roundPinned(force);
     } finally {
-      const due = this.#builder.empty || Date.now() - this.#lastFlush >= this.#syncInterval ||
-        this.#builder.size >= WINDOW_AFTER_BYTES;
-      await this.#pinKeeper.tick(this.#follower, () => this.#flushSegment(), due);
+      await this.#pinKeeper.tick(this.#follower, () => this.#flushSegment());
     }
   }
 
