@@ -69,12 +69,11 @@ export function registerReplicate(cli: CAC, _output: Output): void {
       for (const w of jobs.warnings) log.warn(w);
       const shutdownTimeout = parseDuration(flags.shutdownTimeout, "--shutdown-timeout");
       const execArgs = jobs.exec === undefined ? null : splitCommand(jobs.exec);
-      const retentionFlag = flags.retention === undefined ? undefined : parseDuration(flags.retention, "--retention");
       const replicators = jobs.dbs.map((d) => {
         const storages = d.replicas.map((r) => openReplica(r.url, { env: r.env }));
         return new Replicator(d.path, {
           storage: storages,
-          retention: Object.fromEntries(storages.map((s, i) => [s.location, retentionFlag ?? d.replicas[i].retention])),
+          retention: Object.fromEntries(storages.map((s, i) => [s.location, d.replicas[i].retention])),
           cacheDir: d.cacheDir,
           syncInterval: d.syncInterval,
           snapshotInterval: d.snapshotInterval,
@@ -102,6 +101,7 @@ function readJobs(db: string | undefined, urls: string[], flags: ReplicateFlags)
   const snap = flags.snapshotInterval === undefined
     ? undefined
     : parseDuration(flags.snapshotInterval, "--snapshot-interval");
+  const retention = flags.retention === undefined ? undefined : parseDuration(flags.retention, "--retention");
   if (db !== undefined) {
     if (flags.config) throw new WalshipError("BAD_ARGUMENT", "give either a database and replica URLs, or --config, not both");
     if (urls.length === 0) {
@@ -112,8 +112,8 @@ function readJobs(db: string | undefined, urls: string[], flags: ReplicateFlags)
         path: db,
         cacheDir: flags.cacheDir,
         syncInterval: sync ?? DEFAULT_SYNC,
-        snapshotInterval: snap ?? (flags.retention ? Math.min(parseDuration(flags.retention, "--retention"), DEFAULT_SNAPSHOT) : DEFAULT_SNAPSHOT),
-        replicas: urls.map((url, i) => ({ name: `replica ${i + 1}`, url, env: process.env })),
+        snapshotInterval: snap ?? Math.min(retention ?? DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT),
+        replicas: urls.map((url, i) => ({ name: `replica ${i + 1}`, url, env: process.env, retention })),
       }],
       addr: flags.metricsAddr,
       exec: flags.exec,
@@ -136,18 +136,21 @@ function readJobs(db: string | undefined, urls: string[], flags: ReplicateFlags)
     return set.length ? Math.min(...set) : fallback;
   };
   return {
-    dbs: config.dbs.map((d) => ({
-      path: d.path,
-      cacheDir: flags.cacheDir ?? d.cacheDir,
-      // One capture pipeline per database feeds every replica: the most eager replica sets the pace.
-      syncInterval: sync ?? min(d.replicas.map((r) => r.syncInterval), DEFAULT_SYNC),
-      // As in Litestream, retention without a snapshot interval snapshots once per retention period.
-      snapshotInterval: snap ?? min(
-        d.replicas.map((r) => r.snapshotInterval),
-        min(d.replicas.map((r) => r.retention), DEFAULT_SNAPSHOT),
-      ),
-      replicas: d.replicas,
-    })),
+    dbs: config.dbs.map((d) => {
+      const replicas = d.replicas.map((r) => ({ ...r, retention: retention ?? r.retention }));
+      return {
+        path: d.path,
+        cacheDir: flags.cacheDir ?? d.cacheDir,
+        // One capture pipeline per database feeds every replica: the most eager replica sets the pace.
+        syncInterval: sync ?? min(replicas.map((r) => r.syncInterval), DEFAULT_SYNC),
+        // As in Litestream, retention without a snapshot interval snapshots once per retention period.
+        snapshotInterval: snap ?? min(
+          replicas.map((r) => r.snapshotInterval),
+          min(replicas.map((r) => r.retention), DEFAULT_SNAPSHOT),
+        ),
+        replicas,
+      };
+    }),
     addr: flags.metricsAddr ?? config.addr,
     exec: flags.exec ?? config.exec,
     logLevel: config.logLevel,

@@ -358,7 +358,7 @@ export class Replicator {
         replica: storage.location,
         uploadedTxid: t?.uploadedTxid ?? 0,
         pendingObjects: pending.length,
-        pendingBytes: pending.reduce((n, o) => n + o.size, 0),
+        pendingBytes: this.#cache && t ? this.#cache.pendingBytes(t.name) : 0,
         uploads: t?.uploader.uploads ?? 0,
         uploadErrors: t?.uploader.errors ?? 0,
         lastError: t?.uploader.lastError ?? null,
