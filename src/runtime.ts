@@ -14,14 +14,18 @@ export const F_UNLCK = 2;
 const F_OFD_GETLK = 36;
 const F_OFD_SETLK = 37;
 const O_RDONLY = 0;
+const O_RDWR = 2;
 const O_CLOEXEC = 0o2000000;
 const EAGAIN = 11;
 const EACCES = 13;
 
 /** Byte-range locks on files this process opens itself. */
 export interface FileLocks {
-  /** Opens `path` read-only; returns the fd, or -1 with the errno. */
-  open(path: string): { fd: number; errno: number };
+  /**
+   * Opens `path` read-only, or read-write with `write` (an exclusive lock
+   * needs a descriptor open for writing); returns the fd, or -1 with the errno.
+   */
+  open(path: string, write?: boolean): { fd: number; errno: number };
   close(fd: number): void;
   /**
    * Takes (F_RDLCK/F_WRLCK) or drops (F_UNLCK) a lock on [start, start+len)
@@ -53,8 +57,8 @@ interface RawLibc {
 
 function makeLocks(libc: RawLibc): FileLocks {
   return {
-    open(path) {
-      const fd = libc.open(new TextEncoder().encode(path + "\0"), O_RDONLY | O_CLOEXEC);
+    open(path, write = false) {
+      const fd = libc.open(new TextEncoder().encode(path + "\0"), (write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
       return { fd, errno: fd < 0 ? libc.errno() : 0 };
     },
     close(fd) {

@@ -1,31 +1,42 @@
 /**
  * The pin: keeps SQLite from throwing away WAL frames walship has not read
  * yet, by taking part in SQLite's own lock protocol (wal.c, os_unix.c) with
- * shared byte-range locks of its own (DESIGN.md, "The pin"):
+ * byte-range locks of its own, as a SQLite reader does (DESIGN.md, "The
+ * pin"; docs/DECISIONS.md, "The pin holds a real read mark"):
  *
- * - READ_LOCK(i), i in 1..4 (bytes 124..127 of -shm), shared: a writer
- *   cannot restart the WAL while any reader holds one, and a checkpoint that
- *   wants to restart or truncate it waits. A slot whose read mark is
- *   0xffffffff does not hold back backfill, so that one is preferred.
- *   READ_LOCK(0) is never held with it: it blocks all backfill. It is taken
- *   (shared) only for the moment the slot is let go, when the WAL is fully
- *   backfilled, so that the WAL can restart once but not twice unread
- *   ({@linkcode WalPin.keepBackfillOut}).
+ * - READ_LOCK(i), i in 1..4 (bytes 124..127 of -shm), shared, with a real
+ *   read mark: the mark is set as a reader sets it (READ_LOCK(i) taken
+ *   exclusively, aReadMark[i] = mxFrame written, the lock turned shared
+ *   without letting go). A writer cannot restart the WAL while any reader
+ *   holds a slot, and a checkpoint backfills no further than the mark, so
+ *   after one backfill up to it an app's automatic checkpoints find nothing
+ *   to do and return without syncing.
+ * - READ_LOCK(0), shared, only while the slot is let go and the WAL is fully
+ *   backfilled ({@linkcode WalPin.keepBackfillOut}): backfill needs it
+ *   exclusively, so the WAL can then restart once, but the new WAL cannot
+ *   be backfilled, so it cannot restart again before walship holds a slot.
  * - DMS (byte 128 of -shm), shared, as every connection holds it: the -shm
  *   is then never rebuilt under us, so the commit ledger stays valid.
  * - the database's SHARED range (0x40000002, 510 bytes), shared: the last
  *   connection to close cannot take EXCLUSIVE, so it does not checkpoint and
  *   delete the WAL.
  *
+ * Where the -shm cannot be opened for writing, the slot is held with
+ * whatever mark it has (an unused one preferred), as before marks were set.
  * Locks are open-file-description locks (F_OFD_SETLK), so closing any other
  * descriptor of these files in this process never drops them.
  *
  * @module
  */
 
+import fs from "node:fs";
 import { WalshipError } from "../errors.ts";
 import { F_RDLCK, F_UNLCK, F_WRLCK, type FileLocks } from "../runtime.ts";
-import { READ_MARK_UNUSED, SHM_LOCK } from "../sqlite/wal_index.ts";
+import { isHostLittleEndian } from "../sqlite/checksum.ts";
+import { READ_MARK_UNUSED, SHM_LOCK, type WalIndexHeader } from "../sqlite/wal_index.ts";
+
+/** Byte offset of aReadMark[0] in the -shm (wal.c: WalCkptInfo after two 48-byte headers, after nBackfill). */
+const READ_MARK_OFFSET = 100;
 
 /** The database file's SHARED byte range (os_unix.c: SHARED_FIRST, SHARED_SIZE). */
 export const DB_SHARED_FIRST = 0x40000002;
@@ -42,13 +53,16 @@ export class WalPin {
   #locks: FileLocks;
   #dbFd: number;
   #shmFd: number;
+  /** A node:fs descriptor of the -shm to write read marks through, or null (read-only -shm). */
+  #markFd: number | null;
   #slot: number | null = null;
   #backfillOut = false;
 
-  private constructor(locks: FileLocks, dbFd: number, shmFd: number) {
+  private constructor(locks: FileLocks, dbFd: number, shmFd: number, markFd: number | null) {
     this.#locks = locks;
     this.#dbFd = dbFd;
     this.#shmFd = shmFd;
+    this.#markFd = markFd;
   }
 
   /**
@@ -66,12 +80,23 @@ export class WalPin {
       locks.close(db.fd);
       throw exclusiveError(dbPath);
     }
-    const shm = locks.open(`${dbPath}-shm`);
+    const shmPath = `${dbPath}-shm`;
+    let shm = locks.open(shmPath, true);
+    let markFd: number | null = null;
+    if (shm.fd >= 0) {
+      try {
+        markFd = fs.openSync(shmPath, "r+");
+      } catch {
+        markFd = null;
+      }
+    } else {
+      shm = locks.open(shmPath);
+    }
     if (shm.fd < 0) {
       locks.close(db.fd);
       return null;
     }
-    const pin = new WalPin(locks, db.fd, shm.fd);
+    const pin = new WalPin(locks, db.fd, shm.fd, markFd);
     try {
       if (!locks.setLock(shm.fd, F_RDLCK, SHM_LOCK.DMS, 1)) {
         // Only a connection that is (re)building the -shm holds DMS exclusively: wait for it.
@@ -90,14 +115,72 @@ export class WalPin {
     return this.#slot;
   }
 
+  /** True when the pin sets real read marks (the -shm is writable). */
+  get marks(): boolean {
+    return this.#markFd !== null;
+  }
+
   /**
-   * Takes a shared READ_LOCK(i), i in 1..4, preferring a slot whose read
-   * mark is unused. Returns false when every slot is held exclusively right
-   * now (a checkpointer or a reader setting its mark): try again later.
+   * Takes a READ_LOCK(i), i in 1..4, shared. With a writable -shm its read
+   * mark is the header's mxFrame, as a reader starting now would have it: a
+   * slot that has that mark already is shared, otherwise a free slot gets
+   * it. `read` reads the wal-index header (null when it cannot be read: then
+   * any slot is taken as it is). Returns false when every slot is held
+   * exclusively right now (a checkpointer, a writer restarting the WAL, or a
+   * reader setting its mark): try again later.
    */
-  hold(readMarks: number[]): boolean {
+  hold(read: () => WalIndexHeader | null): boolean {
     if (this.#slot !== null) return true;
-    const order = [1, 2, 3, 4].sort((a, b) => rank(readMarks[b]) - rank(readMarks[a]));
+    const h = read();
+    if (h === null || this.#markFd === null) return this.#holdAsIs(h?.readMarks ?? null);
+    // A slot that already has the mark: shared with the readers that set it.
+    for (let i = 1; i <= 4; i++) {
+      if (h.readMarks[i] !== h.mxFrame || h.nBackfill > h.mxFrame) continue;
+      if (!this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1)) continue;
+      // Held shared, the mark can no longer change: it must still be the one chosen.
+      if (read()?.readMarks[i] === h.mxFrame) {
+        this.#slot = i;
+        return true;
+      }
+      this.#locks.setLock(this.#shmFd, F_UNLCK, SHM_LOCK.READ0 + i, 1);
+    }
+    for (let i = 1; i <= 4; i++) {
+      if (!this.#locks.setLock(this.#shmFd, F_WRLCK, SHM_LOCK.READ0 + i, 1)) continue;
+      this.#writeMark(i, h.mxFrame);
+      // Exclusive to shared in one step: the slot is never free in between.
+      this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1);
+      this.#slot = i;
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Moves to another slot whose mark is the header's mxFrame now, taken
+   * (and marked) before the old one is let go, so the WAL cannot restart in
+   * between. A checkpointer waiting on the old slot then backfills every
+   * frame, up to the new mark, and waits on the new slot to restart the WAL.
+   * False when there are no marks or no free slot.
+   */
+  moveToFreshMark(read: () => WalIndexHeader | null): boolean {
+    const old = this.#slot;
+    const h = read();
+    if (old === null || this.#markFd === null || h === null) return false;
+    for (let i = 1; i <= 4; i++) {
+      if (i === old || !this.#locks.setLock(this.#shmFd, F_WRLCK, SHM_LOCK.READ0 + i, 1)) continue;
+      this.#writeMark(i, h.mxFrame);
+      this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1);
+      this.#locks.setLock(this.#shmFd, F_UNLCK, SHM_LOCK.READ0 + old, 1);
+      this.#slot = i;
+      return true;
+    }
+    return false;
+  }
+
+  /** Without marks: any slot shared, an unused one first (it holds back no backfill). */
+  #holdAsIs(readMarks: number[] | null): boolean {
+    const marks = readMarks ?? [0, READ_MARK_UNUSED, READ_MARK_UNUSED, READ_MARK_UNUSED, READ_MARK_UNUSED];
+    const order = [1, 2, 3, 4].sort((a, b) => rank(marks[b]) - rank(marks[a]));
     for (const i of order) {
       if (this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1)) {
         this.#slot = i;
@@ -107,40 +190,23 @@ export class WalPin {
     return false;
   }
 
-  /**
-   * Moves to a slot with a better mark, when there is one: the slot held caps
-   * backfill at its mark (no one can change it while held), so a slot taken
-   * with a real mark, or whose mark was stale when it was chosen (SQLite sets
-   * slot 1 to 0 when it restarts the WAL), would hold backfill back for good.
-   * The new slot is taken before the old one is let go, so the WAL can never
-   * restart in between. Returns the slot given up, or null.
-   */
-  moveToBetterSlot(readMarks: number[]): number | null {
-    const old = this.#slot;
-    if (old === null || readMarks[old] === READ_MARK_UNUSED) return null;
-    const better = [1, 2, 3, 4].filter((i) => i !== old && rank(readMarks[i]) > rank(readMarks[old]))
-      .sort((a, b) => rank(readMarks[b]) - rank(readMarks[a]));
-    for (const i of better) {
-      if (this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1)) {
-        this.#locks.setLock(this.#shmFd, F_UNLCK, SHM_LOCK.READ0 + old, 1);
-        this.#slot = i;
-        return old;
-      }
-    }
-    return null;
+  #writeMark(i: number, mark: number): void {
+    const buf = new Uint8Array(4);
+    new DataView(buf.buffer).setUint32(0, mark, isHostLittleEndian);
+    fs.writeSync(this.#markFd!, buf, 0, 4, READ_MARK_OFFSET + 4 * i);
   }
 
   /**
-   * Takes READ_LOCK(0) shared, for the moment the slot is let go: backfill
-   * needs it exclusively, and a writer restarts the WAL only once it is fully
-   * backfilled, so the WAL can then restart once (when it is fully backfilled
-   * already) but not again, however late walship holds its slot back. Never
-   * kept: it would hold back every checkpoint. False when someone holds it
-   * exclusively (a checkpointer backfilling).
+   * Takes READ_LOCK(0) shared: no backfill until {@linkcode letBackfillIn}.
+   * False when someone holds it exclusively (a checkpointer backfilling).
    */
   keepBackfillOut(): boolean {
-    if (this.#backfillOut) return true;
-    this.#backfillOut = this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0, 1);
+    if (!this.#backfillOut) this.#backfillOut = this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0, 1);
+    return this.#backfillOut;
+  }
+
+  /** True while READ_LOCK(0) is held. */
+  get backfillOut(): boolean {
     return this.#backfillOut;
   }
 
@@ -172,7 +238,9 @@ export class WalPin {
   close(): void {
     if (this.#dbFd >= 0) this.#locks.close(this.#dbFd); // closing the description drops its locks
     if (this.#shmFd >= 0) this.#locks.close(this.#shmFd);
+    if (this.#markFd !== null) fs.closeSync(this.#markFd);
     this.#dbFd = this.#shmFd = -1;
+    this.#markFd = null;
     this.#slot = null;
     this.#backfillOut = false;
   }

@@ -1,24 +1,29 @@
 /**
- * When to hold the pin and when to let it go (DESIGN.md, "The pin").
+ * When to hold the pin and when to let it go (DESIGN.md, "The pin";
+ * docs/DECISIONS.md, "The pin holds a real read mark").
  *
  * Held, the WAL cannot restart, so no frame can vanish before walship has
- * read it. But a WAL that never restarts grows, and an app's own RESTART or
- * TRUNCATE checkpoint waits for the read slot. So the slot is let go only
- * when walship has read every committed frame and the WAL is fully
- * backfilled, and then only while it matters:
+ * read it, and backfill stops at the slot's read mark, so the app's
+ * automatic checkpoints cost it nothing. But a WAL that never restarts
+ * grows, and an app's own RESTART or TRUNCATE checkpoint waits for the slot.
+ * So the slot is let go:
  *
- * - a RESTART/TRUNCATE checkpointer is waiting (it holds the WRITE lock, so
- *   nothing new can be committed meanwhile): taken back once it is done;
- * - the WAL has grown past RESTART_AFTER_FRAMES: let go for a moment so the
- *   next writer can restart it; taken back right after.
+ * - for a waiting RESTART/TRUNCATE checkpointer (it holds the WRITE lock, so
+ *   nothing new can be committed): once walship has read every committed
+ *   frame and cached it; taken back once the checkpointer is done;
+ * - for a restart window, once the WAL holds RESTART_AFTER_FRAMES frames and
+ *   a segment has just been cut (so at most once per sync interval, and
+ *   every transaction read is in the local cache): the app's next commit
+ *   then backfills the whole WAL, the one after restarts it, and walship
+ *   takes a slot back as soon as it sees the new epoch.
  *
- * Meanwhile READ_LOCK(0) is held shared, which keeps backfill out: the WAL,
- * fully backfilled when the slot is let go, can restart once, but the new
- * one cannot be backfilled, so it cannot restart again before walship has
- * its slot back. Timing alone cannot promise that: a fast writer fills,
- * backfills and restarts a WAL in a millisecond or two, and on a busy
- * machine walship may not get to run that soon. The commit ledger still
- * checks every epoch change.
+ * Frames committed after walship's last read and before the restart are
+ * still on disk past the new epoch's first frames: the follower reads that
+ * old tail first. The new WAL can neither overwrite it nor restart again
+ * before it holds as many frames as the old one did when the window opened
+ * (at least RESTART_AFTER_FRAMES), which gives walship thousands of frames
+ * of slack; if it ever fell that far behind, the commit ledger would say so
+ * and walship would heal.
  *
  * @module
  */
@@ -29,21 +34,45 @@ import type { WalFollower } from "../capture/wal_follower.ts";
 import { errorMessage, WalshipError } from "../errors.ts";
 import type { Log } from "../log.ts";
 import { type FileLocks, loadFileLocks } from "../runtime.ts";
-import { READ_MARK_UNUSED } from "../sqlite/wal_index.ts";
+import type { WalIndexHeader } from "../sqlite/wal_index.ts";
+import { setImmediate } from "node:timers";
 
-/** Let the slot go for a restart once the WAL holds this many frames. */
+/** Open a restart window once the WAL holds this many frames (SQLite's own autocheckpoint default). */
 export const RESTART_AFTER_FRAMES = 1000;
-/** How long the slot stays let go for a restart, ms. */
-const RESTART_WINDOW_MS = 5;
+/** How long a round stays with a restart window it opened, watching for the restart, ms. */
+const WINDOW_WAIT_MS = 20;
+/** How long a restart window stays open across rounds when no restart came (an idle or paced writer), ms. */
+const WINDOW_MAX_MS = 2000;
+/** Longest a waiting checkpointer is watched without yielding, ms. */
+const CHECKPOINT_SPIN_MS = 150;
 /** Longest wait for a checkpointer before taking the slot back anyway, ms. */
 const CHECKPOINT_WAIT_MS = 5000;
 /** Longest walship keeps trying to take a slot back after letting it go, ms. */
 const HOLD_RETRY_MS = CHECKPOINT_WAIT_MS + 1000;
 
-/** Read marks to pick a slot by when the -shm header cannot be read: every slot unused. */
-const NO_READ_MARKS = [0, READ_MARK_UNUSED, READ_MARK_UNUSED, READ_MARK_UNUSED, READ_MARK_UNUSED];
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Yields to other work without the timers' 1 ms floor: a let-go is watched closely. */
+const yieldNow = () => new Promise((r) => setImmediate(r));
+
+/** What the replicator tells a round of the pin keeper. */
+export interface PinRound {
+  /** True when every transaction read is in the local cache, or may be put there now (a segment is due). */
+  segmentDue: boolean;
+  /** Puts every transaction read into the local cache. */
+  flushAll: () => void;
+}
+
+/** The slot let go: why, and the WAL it was let go on. */
+interface LetGo {
+  why: "restart" | "checkpoint";
+  salt1: number;
+  salt2: number;
+  frames: number;
+  iChange: number;
+  since: number;
+  /** Set once the let-go is over and the slot is being taken back. */
+  over: boolean;
+}
 
 /** Holds, lets go of and takes back the pin of one database. */
 export class PinKeeper {
@@ -52,6 +81,7 @@ export class PinKeeper {
   #locks: FileLocks | null;
   #why: string;
   #pin: WalPin | null = null;
+  #letGo: LetGo | null = null;
   #saidExclusive = false;
   /** Times the slot was let go for a waiting checkpointer, and for a restart. */
   readonly counts = { forCheckpoint: 0, forRestart: 0 };
@@ -87,6 +117,16 @@ export class PinKeeper {
     return this.#pin?.slot != null;
   }
 
+  /**
+   * True when the pin wants a round now: a restart window is open, the slot
+   * is not held, or a checkpointer waits for it. Two lock tests at most: a
+   * cheap look between rounds at an idle database.
+   */
+  needsRound(): boolean {
+    if (!this.#pin) return this.#locks !== null;
+    return this.#letGo !== null || this.#pin.slot === null || this.#pin.checkpointerWaiting();
+  }
+
   /** For status and logs: "held (READ_LOCK 2)", "let go", "unpinned: …", … */
   get state(): string {
     if (!this.#locks) return this.#why;
@@ -115,74 +155,171 @@ export class PinKeeper {
 
   /**
    * One round, after the follower has read the WAL: lets the slot go when
-   * that is safe and useful, and takes it back as soon as it has served.
-   * `flushAll` puts every transaction read into the local cache (called
-   * before letting go).
+   * that is useful, and takes it back as soon as it has served. Returns true
+   * when the WAL just restarted: the follower should read again now (the
+   * old epoch's tail first).
    */
-  async tick(follower: WalFollower, flushAll: () => void): Promise<void> {
-    if (!this.ensurePinned()) return;
+  async tick(follower: WalFollower, round: PinRound): Promise<boolean> {
+    if (!this.ensurePinned()) return false;
     const pin = this.#pin!;
-    const shm = readWalIndexFile(`${this.#db}-shm`);
-    if (!shm) return;
+    const shm = this.#readShm();
+    if (this.#letGo) return this.#watchLetGo(shm);
+    if (!shm) return false;
     if (pin.slot === null) {
-      this.#holdAgain(shm.readMarks);
-      return;
+      this.#holdAgain();
+      return false;
     }
-    const mark = shm.readMarks[pin.slot];
-    const left = pin.moveToBetterSlot(shm.readMarks);
-    if (left !== null) {
-      this.#log.debug("pin moved to a read slot that does not hold back backfill", { db: this.#db, from: left, mark, slot: pin.slot });
+    if (pin.checkpointerWaiting()) {
+      if (!(await this.#checkpointerSure(follower, shm))) return false;
+      round.flushAll();
+      if (await this.#handOver(shm)) return true;
+      if (pin.slot !== null) return false;
+      // No free slot to move to: let go, and watch closely. Once it has its slot, it backfills,
+      // restarts or truncates the WAL and lets the writer go on within a few milliseconds, and an
+      // app with a low autocheckpoint could restart the new WAL soon after: watched without
+      // yielding until backfill is kept out or the slot is back (SQLite's busy handler sleeps at
+      // most 100 ms between tries).
+      this.#startLetGo("checkpoint", shm);
+      let restarted = false;
+      const until = Date.now() + CHECKPOINT_SPIN_MS;
+      while (this.#letGo && !pin.backfillOut && Date.now() < until) {
+        restarted = this.#watchLetGo(this.#readShm()) || restarted;
+      }
+      while (this.#letGo) {
+        await yieldNow();
+        restarted = this.#watchLetGo(this.#readShm()) || restarted;
+      }
+      return restarted;
     }
+    if (shm.mxFrame < RESTART_AFTER_FRAMES || !round.segmentDue) return false;
+    // Everything read goes to the local cache before the slot is let go.
+    round.flushAll();
+    this.#startLetGo("restart", shm);
+    // A busy writer restarts the WAL within a commit or two: watch for it closely, so the slot is
+    // back long before the new WAL could reach the old one's unread tail.
+    // Until backfill is kept out, the WAL could restart twice: watched without yielding.
+    const until = Date.now() + WINDOW_WAIT_MS;
+    while (this.#letGo && Date.now() < until) {
+      if (this.#watchLetGo(this.#readShm())) return true;
+      if (this.#pin!.backfillOut) await yieldNow();
+    }
+    return false;
+  }
+
+  /**
+   * Lets a waiting RESTART/TRUNCATE checkpointer through without a moment
+   * in which the WAL could restart twice: walship moves to a slot marked at
+   * the last frame (the checkpointer, which waited on the old slot, then
+   * backfills everything and waits on the new one), keeps backfill out once
+   * the WAL is fully backfilled, and only then lets the slot go. The new WAL
+   * cannot be backfilled, so it cannot restart again before walship holds a
+   * slot once more. False when it could not move, or when no restart came
+   * (the slot held then is a good one).
+   */
+  async #handOver(shm: WalIndexHeader): Promise<boolean> {
+    const pin = this.#pin!;
+    if (!pin.moveToFreshMark(() => this.#readShm())) return false;
+    this.counts.forCheckpoint++;
+    const since = Date.now();
+    const sameEpoch = (h: WalIndexHeader) => h.salt1 === shm.salt1 && h.salt2 === shm.salt2;
+    for (;;) {
+      const h = this.#readShm();
+      // A commit: the WRITE lock seen was a writer's after all. Or the checkpointer gave up.
+      if (!h || h.iChange !== shm.iChange || !sameEpoch(h) || !pin.checkpointerWaiting()) return false;
+      if (h.nBackfill === h.mxFrame && pin.keepBackfillOut()) {
+        const again = this.#readShm();
+        if (again && sameEpoch(again) && again.nBackfill === again.mxFrame) break;
+        pin.letBackfillIn();
+      }
+      if (Date.now() - since >= CHECKPOINT_WAIT_MS) return false;
+      await sleep(1);
+    }
+    pin.letGo();
+    let restarted = false;
+    while (Date.now() - since < HOLD_RETRY_MS) {
+      const h = this.#readShm();
+      restarted ||= h !== null && !sameEpoch(h);
+      // It holds every slot while it restarts or truncates the WAL, and the WRITE lock until done.
+      if ((restarted || !pin.checkpointerWaiting() || Date.now() - since >= CHECKPOINT_WAIT_MS) && pin.hold(() => this.#readShm())) break;
+      await sleep(1);
+    }
+    pin.letBackfillIn();
+    if (pin.slot === null) this.#log.debug("every read slot is busy; will pin again next round", { db: this.#db });
+    this.#log.debug("pin handed over to a waiting checkpoint", { db: this.#db, frames: shm.mxFrame, restarted, ms: Date.now() - since, slot: pin.slot });
+    return restarted;
+  }
+
+  #readShm(): WalIndexHeader | null {
+    return readWalIndexFile(`${this.#db}-shm`);
+  }
+
+  /**
+   * A RESTART/TRUNCATE checkpointer seems to wait for the slot. It holds the
+   * WRITE lock, so once walship has read every committed frame nothing can
+   * go unread while it is let go. But the two lock tests are not one atomic
+   * look: a writer's commit (WRITE) followed by its automatic checkpoint
+   * (CKPT) can pass for a waiting checkpointer. So the look is repeated a
+   * moment later, and nothing may have been committed in between (a real
+   * one holds WRITE throughout).
+   */
+  async #checkpointerSure(follower: WalFollower, shm: WalIndexHeader): Promise<boolean> {
     const pos = follower.position;
     // An empty WAL (just truncated) holds nothing to read, whatever epoch the follower was last in.
     const caughtUp = shm.mxFrame === 0 ||
       (pos !== null && shm.salt1 === pos.salt1 && shm.salt2 === pos.salt2 && shm.mxFrame === pos.frame);
-    if (!caughtUp || shm.nBackfill !== shm.mxFrame) return;
-    const waiting = pin.checkpointerWaiting();
-    if (!waiting && shm.mxFrame < RESTART_AFTER_FRAMES) return;
-    const shmPath = `${this.#db}-shm`;
-    // Every transaction read goes to the local cache first. Then backfill is
-    // kept out while the slot is let go (READ_LOCK(0), shared): the WAL is
-    // fully backfilled, so it can restart once (a checkpointer needs no
-    // backfill, only the slot), but the new one cannot be backfilled, so no
-    // writer can restart it again, however late this process gets to run (a
-    // writer needs a millisecond or two to fill, backfill and restart a WAL,
-    // and the kernel does not hand a released lock to a waiter). Once
-    // backfill is out, the WAL must still be the one read to its end.
-    flushAll();
-    if (!pin.keepBackfillOut()) return;
-    const now = readWalIndexFile(shmPath);
-    if (!now || now.salt1 !== shm.salt1 || now.salt2 !== shm.salt2 || now.mxFrame !== shm.mxFrame || now.nBackfill !== now.mxFrame) {
-      pin.letBackfillIn();
-      return;
+    if (!caughtUp) return false;
+    await sleep(1);
+    // Any commit, restart or truncation bumps iChange.
+    return this.#readShm()?.iChange === shm.iChange && this.#pin!.checkpointerWaiting();
+  }
+
+  #startLetGo(why: LetGo["why"], shm: WalIndexHeader): void {
+    this.#pin!.letGo();
+    if (why === "restart") this.counts.forRestart++;
+    else this.counts.forCheckpoint++;
+    this.#letGo = { why, salt1: shm.salt1, salt2: shm.salt2, frames: shm.mxFrame, iChange: shm.iChange, since: Date.now(), over: false };
+  }
+
+  /**
+   * One look at a let-go slot. Keeps backfill out whenever the WAL is fully
+   * backfilled (the WAL can then restart once, not twice), lets it in again
+   * when that WAL got frames without restarting (so it can be backfilled and
+   * restart), and takes the slot back once the let-go has served. Returns
+   * true once the slot is back after a restart.
+   */
+  #watchLetGo(h: WalIndexHeader | null): boolean {
+    const pin = this.#pin!;
+    const g = this.#letGo!;
+    const restarted = h !== null && (h.salt1 !== g.salt1 || h.salt2 !== g.salt2 || h.mxFrame < g.frames);
+    if (h) {
+      if (!pin.backfillOut && h.nBackfill === h.mxFrame) {
+        // Checked again once held: the frames seen backfilled must still be all there are.
+        if (pin.keepBackfillOut() && this.#readShm()?.nBackfill !== h.mxFrame) pin.letBackfillIn();
+      } else if (pin.backfillOut && !restarted && h.nBackfill !== h.mxFrame) {
+        pin.letBackfillIn(); // a commit that did not restart the WAL: it must be backfilled first
+      }
     }
-    pin.letGo();
-    const since = Date.now();
-    // Frames the checkpointer would have to backfill first mean the slot was let go too early (the
-    // WRITE lock seen was a writer's): take it back and let backfill in, or both would wait.
-    const backfillWanted = () => {
-      const h = readWalIndexFile(shmPath);
-      return h !== null && h.nBackfill < h.mxFrame;
-    };
-    if (waiting) {
-      // The checkpointer holds WRITE: nothing can be committed until it is done.
-      this.counts.forCheckpoint++;
-      while (pin.checkpointerWaiting() && !backfillWanted() && Date.now() - since < CHECKPOINT_WAIT_MS) await sleep(1);
-    } else {
-      // A short window in which the next writer may restart the WAL.
-      this.counts.forRestart++;
-      await sleep(RESTART_WINDOW_MS);
+    const age = Date.now() - g.since;
+    if (!g.over) {
+      g.over = restarted ||
+        (g.why === "restart"
+          ? age >= WINDOW_MAX_MS
+          : !pin.checkpointerWaiting() || h === null || h.iChange !== g.iChange || age >= CHECKPOINT_WAIT_MS);
+      if (!g.over) return false;
     }
-    // Backfill comes back only with the slot (a writer restarting the WAL holds every slot for a moment).
-    while (!pin.hold(readWalIndexFile(shmPath)?.readMarks ?? shm.readMarks) && Date.now() - since < HOLD_RETRY_MS) await sleep(1);
+    // A writer restarting the WAL, or a checkpointer, holds every slot for a moment.
+    if (!pin.hold(() => this.#readShm()) && age < HOLD_RETRY_MS) return false;
     if (pin.slot === null) this.#log.debug("every read slot is busy; will pin again next round", { db: this.#db });
     pin.letBackfillIn();
-    this.#log.debug(waiting ? "pin let go for a waiting checkpoint" : "pin let go so the WAL can restart", {
+    this.#letGo = null;
+    this.#log.debug(g.why === "restart" ? "pin let go so the WAL can restart" : "pin let go for a waiting checkpoint", {
       db: this.#db,
-      frames: shm.mxFrame,
-      ms: Date.now() - since,
+      frames: g.frames,
+      restarted,
+      ms: age,
       slot: pin.slot,
     });
+    return restarted;
   }
 
   /** Lets the slot go now (the caller has read and cached everything). */
@@ -192,13 +329,13 @@ export class PinKeeper {
 
   /** Takes the slot back now, if the pin is open. */
   holdNow(): void {
-    if (this.#pin && this.#pin.slot === null) {
-      this.#holdAgain(readWalIndexFile(`${this.#db}-shm`)?.readMarks ?? NO_READ_MARKS);
-    }
+    if (this.#pin && this.#pin.slot === null) this.#holdAgain();
   }
 
-  #holdAgain(readMarks: number[]): void {
-    if (!this.#pin!.hold(readMarks)) this.#log.debug("every read slot is busy; will pin again next round", { db: this.#db });
+  #holdAgain(): void {
+    if (!this.#pin!.hold(() => readWalIndexFile(`${this.#db}-shm`))) {
+      this.#log.debug("every read slot is busy; will pin again next round", { db: this.#db });
+    }
   }
 
   /**
@@ -221,17 +358,18 @@ export class PinKeeper {
   close(): void {
     this.#pin?.close();
     this.#pin = null;
+    this.#letGo = null;
   }
 
   #tryOpen(): void {
     const pin = WalPin.open(this.#locks!, this.#db);
     if (!pin) return;
-    const shm = readWalIndexFile(`${this.#db}-shm`);
-    pin.hold(shm?.readMarks ?? NO_READ_MARKS);
+    pin.hold(() => readWalIndexFile(`${this.#db}-shm`));
     this.#pin = pin;
     this.#log.info("pinned: the WAL cannot restart or be deleted before walship has read it", {
       db: this.#db,
       slot: pin.slot,
+      readMark: pin.marks,
     });
   }
 }

@@ -405,20 +405,32 @@ export class Replicator {
       let waitMs = this.#builder.empty
         ? this.#pollInterval
         : Math.max(0, this.#lastFlush + this.#syncInterval - Date.now());
-      // Pinned, look often for a checkpointer waiting on the slot.
-      if (this.#pinKeeper.enabled) waitMs = Math.min(waitMs, 100);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, waitMs);
-        // File events come in bursts; a short pause lets a burst settle into one read.
-        this.#wake = () => setTimeout(done, 5);
-        function done() {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      this.#wake = null;
+      // Pinned, look often for a checkpointer waiting on the slot: a cheap look
+      // at the locks, and a whole round only when one waits.
+      let glance = false;
+      if (this.#pinKeeper.enabled && waitMs > 100) {
+        waitMs = 100;
+        glance = true;
+      }
+      for (;;) {
+        const woken = await new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => resolve(false), waitMs);
+          // File events come in bursts; a short pause lets a burst settle into one read.
+          this.#wake = () => {
+            clearTimeout(timer);
+            setTimeout(() => resolve(true), 5);
+          };
+        });
+        this.#wake = null;
+        if (woken || !glance || this.#stopping || this.#pinKeeper.needsRound()) break;
+        waitMs = Math.min(100, Math.max(0, this.#lastRound + this.#pollInterval - Date.now()));
+        if (waitMs === 0) break;
+      }
     }
   }
+
+  /** When the last whole round began (Date.now()). */
+  #lastRound = 0;
 
   #stepping: Promise<void> = Promise.resolve();
 
@@ -436,10 +448,17 @@ export class Replicator {
   async #round(force: boolean): Promise<void> {
     // Pinned before the WAL is read, so what this round reads cannot vanish under it.
     this.#pinKeeper.ensurePinned();
-    try {
-      await this.#roundPinned(force);
-    } finally {
-      await this.#pinKeeper.tick(this.#follower, () => this.#flushSegment());
+    this.#lastRound = Date.now();
+    for (let again = true; again;) {
+      try {
+        await this.#roundPinned(force);
+      } finally {
+        // A round that ends with nothing left in the builder has cut its segment (or had none to cut).
+        again = await this.#pinKeeper.tick(this.#follower, {
+          segmentDue: this.#builder.empty,
+          flushAll: () => this.#flushSegment(),
+        });
+      }
     }
   }
 

@@ -3,6 +3,10 @@
  * events where the runtime delivers them, and a poll as the fallback that
  * always runs (events can be dropped, and some file systems have none).
  *
+ * One directory watch serves every database in that directory: with
+ * hundreds of databases side by side, a watch each would hand every event
+ * to every database.
+ *
  * @module
  */
 
@@ -14,27 +18,66 @@ export interface Watch {
   close(): void;
 }
 
+/** One directory's watch and the callbacks of the files in it, by file name. */
+interface DirectoryWatch {
+  watcher: fs.FSWatcher | null;
+  byName: Map<string, Set<() => void>>;
+  /** Callbacks to wake on an event without a file name. */
+  all: Set<() => void>;
+}
+
+const directories = new Map<string, DirectoryWatch>();
+
 /** Calls `onChange` on changes to `dbPath`, `-wal` or `-shm`, and every `pollMs` regardless. */
 export function watchDatabase(dbPath: string, pollMs: number, onChange: () => void): Watch {
   const dir = path.dirname(path.resolve(dbPath));
   const base = path.basename(dbPath);
-  let watcher: fs.FSWatcher | null = null;
-  try {
-    watcher = fs.watch(dir, { persistent: false }, (_event, name) => {
-      if (name === null || String(name).startsWith(base)) onChange();
-    });
-    watcher.on("error", () => {
-      watcher?.close();
-      watcher = null;
-    });
-  } catch {
-    watcher = null; // no events here: the poll alone keeps up
+  const names = [base, `${base}-wal`, `${base}-shm`];
+  const d = directoryWatch(dir);
+  for (const name of names) {
+    let set = d.byName.get(name);
+    if (!set) d.byName.set(name, set = new Set());
+    set.add(onChange);
   }
+  d.all.add(onChange);
   const timer = setInterval(onChange, pollMs);
   return {
     close() {
       clearInterval(timer);
-      watcher?.close();
+      for (const name of names) {
+        const set = d.byName.get(name);
+        set?.delete(onChange);
+        if (set?.size === 0) d.byName.delete(name);
+      }
+      d.all.delete(onChange);
+      if (d.all.size === 0) {
+        d.watcher?.close();
+        directories.delete(dir);
+      }
     },
   };
+}
+
+function directoryWatch(dir: string): DirectoryWatch {
+  const known = directories.get(dir);
+  if (known) return known;
+  const d: DirectoryWatch = { watcher: null, byName: new Map(), all: new Set() };
+  try {
+    d.watcher = fs.watch(dir, { persistent: false }, (_event, name) => {
+      if (name === null || name === undefined) {
+        for (const f of d.all) f();
+        return;
+      }
+      const set = d.byName.get(path.basename(String(name)));
+      if (set) for (const f of set) f();
+    });
+    d.watcher.on("error", () => {
+      d.watcher?.close();
+      d.watcher = null; // the poll alone keeps up
+    });
+  } catch {
+    d.watcher = null; // no events here: the poll alone keeps up
+  }
+  directories.set(dir, d);
+  return d;
 }
