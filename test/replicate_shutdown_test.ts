@@ -59,8 +59,9 @@ test("SIGTERM during an outage exits 1 after --shutdown-timeout; the next start 
       const second = startReplicate(db, replica);
       await second.waitForLog(/^replicating$/);
       for (let k = 21; k <= 30; k++) runtimeTransaction(con, rand, k, []);
-      con.all("PRAGMA wal_checkpoint(TRUNCATE)");
       assert.equal(await second.terminate(), 0, second.stderr);
+      // walship's read mark held backfill back; with walship gone the file alone holds the state.
+      assert.deepEqual(Object.values(con.all("PRAGMA wal_checkpoint(TRUNCATE)")[0]), [0, 0, 0]);
       assert.equal(fs.readdirSync(path.join(defaultCacheDir(db), "objects")).length, 0, "the cache drained");
       const out = path.join(dir, "restored.db");
       await restoreTo(replica, out);
