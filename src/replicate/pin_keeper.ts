@@ -195,9 +195,9 @@ export class PinKeeper {
     // Everything read goes to the local cache before the slot is let go.
     round.flushAll();
     this.#startLetGo("restart", shm);
-    // A busy writer restarts the WAL within a commit or two: watch for it closely, so the slot is
-    // back long before the new WAL could reach the old one's unread tail.
-    // Until backfill is kept out, the WAL could restart twice: watched without yielding.
+    // A busy writer restarts the WAL within a commit or two: watched closely, so the slot is back long
+    // before the new WAL could reach the old one's unread tail, and without yielding until backfill
+    // is kept out (until then the WAL could restart twice).
     const until = Date.now() + WINDOW_WAIT_MS;
     while (this.#letGo && Date.now() < until) {
       if (this.#watchLetGo(this.#readShm())) return true;
