@@ -145,14 +145,22 @@ export class WalPin {
       this.#locks.setLock(this.#shmFd, F_UNLCK, SHM_LOCK.READ0 + i, 1);
     }
     for (let i = 1; i <= 4; i++) {
-      if (!this.#locks.setLock(this.#shmFd, F_WRLCK, SHM_LOCK.READ0 + i, 1)) continue;
-      this.#writeMark(i, h.mxFrame);
-      // Exclusive to shared in one step: the slot is never free in between.
-      this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1);
-      this.#slot = i;
-      return true;
+      if (this.#takeMarked(i, h.mxFrame)) return true;
     }
     return false;
+  }
+
+  /**
+   * Takes slot `i` as a reader sets its mark: exclusively, writes `mark`,
+   * then shared in one step (the slot is never free in between). False when
+   * someone else holds the slot.
+   */
+  #takeMarked(i: number, mark: number): boolean {
+    if (!this.#locks.setLock(this.#shmFd, F_WRLCK, SHM_LOCK.READ0 + i, 1)) return false;
+    this.#writeMark(i, mark);
+    this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1);
+    this.#slot = i;
+    return true;
   }
 
   /**
@@ -167,11 +175,8 @@ export class WalPin {
     const h = read();
     if (old === null || this.#markFd === null || h === null) return false;
     for (let i = 1; i <= 4; i++) {
-      if (i === old || !this.#locks.setLock(this.#shmFd, F_WRLCK, SHM_LOCK.READ0 + i, 1)) continue;
-      this.#writeMark(i, h.mxFrame);
-      this.#locks.setLock(this.#shmFd, F_RDLCK, SHM_LOCK.READ0 + i, 1);
+      if (i === old || !this.#takeMarked(i, h.mxFrame)) continue;
       this.#locks.setLock(this.#shmFd, F_UNLCK, SHM_LOCK.READ0 + old, 1);
-      this.#slot = i;
       return true;
     }
     return false;

@@ -83,8 +83,6 @@ export class PinKeeper {
   #pin: WalPin | null = null;
   #letGo: LetGo | null = null;
   #saidExclusive = false;
-  /** Times the slot was let go for a waiting checkpointer, and for a restart. */
-  readonly counts = { forCheckpoint: 0, forRestart: 0 };
 
   private constructor(db: string, log: Log, locks: FileLocks | null, why: string) {
     this.#db = db;
@@ -219,7 +217,6 @@ export class PinKeeper {
   async #handOver(shm: WalIndexHeader): Promise<boolean> {
     const pin = this.#pin!;
     if (!pin.moveToFreshMark(() => this.#readShm())) return false;
-    this.counts.forCheckpoint++;
     const since = Date.now();
     const sameEpoch = (h: WalIndexHeader) => h.salt1 === shm.salt1 && h.salt2 === shm.salt2;
     for (;;) {
@@ -275,8 +272,6 @@ export class PinKeeper {
 
   #startLetGo(why: LetGo["why"], shm: WalIndexHeader): void {
     this.#pin!.letGo();
-    if (why === "restart") this.counts.forRestart++;
-    else this.counts.forCheckpoint++;
     this.#letGo = { why, salt1: shm.salt1, salt2: shm.salt2, frames: shm.mxFrame, iChange: shm.iChange, since: Date.now(), over: false };
   }
 
@@ -333,7 +328,7 @@ export class PinKeeper {
   }
 
   #holdAgain(): void {
-    if (!this.#pin!.hold(() => readWalIndexFile(`${this.#db}-shm`))) {
+    if (!this.#pin!.hold(() => this.#readShm())) {
       this.#log.debug("every read slot is busy; will pin again next round", { db: this.#db });
     }
   }
@@ -364,7 +359,7 @@ export class PinKeeper {
   #tryOpen(): void {
     const pin = WalPin.open(this.#locks!, this.#db);
     if (!pin) return;
-    pin.hold(() => readWalIndexFile(`${this.#db}-shm`));
+    pin.hold(() => this.#readShm());
     this.#pin = pin;
     this.#log.info("pinned: the WAL cannot restart or be deleted before walship has read it", {
       db: this.#db,
