@@ -497,57 +497,54 @@ async function writerWorkload(env: Env, w: Workload, kind: "heavy" | "blobs"): P
   w.baselineTps = (b1 + b2) / 2;
 }
 
-async function bigWorkload(env: Env, w: Workload): Promise<void> {
-  const template = path.join(env.work, "w3-template.db");
-  console.error(`building a ${SIZE.bigMiB} MiB database`);
-  await py(["build", template, "--mib", String(SIZE.bigMiB)]);
+/**
+ * Builds one database of `mib` MiB, then runs each tool on its own copy of
+ * it; `spec` gives the run's settings for the copy at `db` in `dir`.
+ */
+async function onTemplateCopies(
+  env: Env,
+  w: Workload,
+  name: string,
+  mib: number,
+  spec: (tool: Tool, dir: string, db: string) => Omit<RunPlan, "dbs" | "checked" | "viaConfig" | "readyObjects">,
+): Promise<void> {
+  const template = path.join(env.work, `${name}-template.db`);
+  await py(["build", template, "--mib", String(mib)]);
   for (const tool of TOOLS) {
-    const dir = path.join(env.work, `w3-${tool}`);
+    const dir = path.join(env.work, `${name}-${tool}`);
     fs.mkdirSync(dir, { recursive: true });
     const db = path.join(dir, "app.db");
     fs.copyFileSync(template, db);
     const res: ToolResult = (w.results[tool] = {});
     await guard(res, () =>
       runTool(env, tool, dir, {
-        dbs: [{ path: db, prefix: `w3-${tool}` }],
+        dbs: [{ path: db, prefix: `${name}-${tool}` }],
         checked: 1,
         viaConfig: false,
         readyObjects: 1,
-        readyTimeoutMs: 600_000,
-        snapshotTime: true,
+        ...spec(tool, dir, db),
       }, res));
     cleanup(dir);
   }
   fs.rmSync(template, { force: true });
 }
 
+async function bigWorkload(env: Env, w: Workload): Promise<void> {
+  console.error(`building a ${SIZE.bigMiB} MiB database`);
+  await onTemplateCopies(env, w, "w3", SIZE.bigMiB, () => ({ readyTimeoutMs: 600_000, snapshotTime: true }));
+}
+
 async function historyWorkload(env: Env, w: Workload): Promise<void> {
-  const template = path.join(env.work, "w4-template.db");
-  await py(["build", template, "--mib", String(SIZE.histBaseMiB)]);
-  for (const tool of TOOLS) {
-    const dir = path.join(env.work, `w4-${tool}`);
-    fs.mkdirSync(dir, { recursive: true });
-    const db = path.join(dir, "app.db");
-    fs.copyFileSync(template, db);
-    const res: ToolResult = (w.results[tool] = {});
-    await guard(res, () =>
-      runTool(env, tool, dir, {
-        dbs: [{ path: db, prefix: `w4-${tool}` }],
-        checked: 1,
-        syncMs: HISTORY_SYNC_MS,
-        viaConfig: false,
-        readyObjects: 1,
-        readyTimeoutMs: 120_000,
-        writer: async () => {
-          const out = path.join(dir, "commits.json");
-          await py(["paced", db, out, "--tx", String(SIZE.histTx), "--interval-ms", String(SIZE.histIntervalMs)]);
-          const j = readJson(out);
-          return { commits: { [db]: j.commits }, tps: j.tps };
-        },
-      }, res));
-    cleanup(dir);
-  }
-  fs.rmSync(template, { force: true });
+  await onTemplateCopies(env, w, "w4", SIZE.histBaseMiB, (_tool, dir, db) => ({
+    syncMs: HISTORY_SYNC_MS,
+    readyTimeoutMs: 120_000,
+    writer: async () => {
+      const out = path.join(dir, "commits.json");
+      await py(["paced", db, out, "--tx", String(SIZE.histTx), "--interval-ms", String(SIZE.histIntervalMs)]);
+      const j = readJson(out);
+      return { commits: { [db]: j.commits }, tps: j.tps };
+    },
+  }));
 }
 
 async function walshipHasConfig(bin: string): Promise<boolean> {
