@@ -57,6 +57,24 @@ export class PageTable {
     if (pgno > this.#count) this.#count = pgno;
   }
 
+  /**
+   * Records pages `first`, `first + 1`, … as holding the consecutive
+   * page-sized slices of `pages` (whole pages: its length is a multiple of
+   * the page size).
+   */
+  setPages(first: number, pages: Uint8Array): void {
+    const size = this.pageSize;
+    const n = Math.floor(pages.length / size);
+    if (n * size !== pages.length) throw new RangeError(`${pages.length} bytes are not whole ${size}-byte pages`);
+    if (n === 0) return;
+    const last = first + n - 1;
+    this.#grow(last);
+    for (let i = 0; i < n; i++) {
+      this.#hashes.set(pageHash(pages.subarray(i * size, (i + 1) * size)), (first - 1 + i) * ENTRY);
+    }
+    if (last > this.#count) this.#count = last;
+  }
+
   /** Sets the database size in pages (a commit's "db size"). */
   truncate(pages: number): void {
     this.#grow(pages);

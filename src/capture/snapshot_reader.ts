@@ -21,7 +21,7 @@ import type { FollowResult, WalFollower } from "./wal_follower.ts";
 
 /** A captured database image in a local file. */
 export interface CapturedImage {
-  /** The image file (fsynced). */
+  /** The image file: temporary, not fsynced (only what is made from it must be durable). */
   path: string;
   pageSize: number;
   /** Pages in the image. */
@@ -110,23 +110,15 @@ function sameEpoch(a: LiveState, b: LiveState): boolean {
   return a.iChange === b.iChange && a.db === b.db;
 }
 
+/**
+ * Copies the database file inside the kernel (copy_file_range, or sendfile,
+ * under both runtimes), not through a buffer of ours. The copy gets the
+ * database's mode; it is made ours alone and writable, for the overlay.
+ */
 async function copyFile(from: string, to: string): Promise<void> {
   try {
-    const src = await fs.promises.open(from, "r");
-    const dst = await fs.promises.open(to, "w");
-    try {
-      const buf = new Uint8Array(1 << 20);
-      let at = 0;
-      for (;;) {
-        const { bytesRead } = await src.read(buf, 0, buf.length, at);
-        if (bytesRead === 0) break;
-        await dst.write(buf, 0, bytesRead, at);
-        at += bytesRead;
-      }
-    } finally {
-      await src.close();
-      await dst.close();
-    }
+    await fs.promises.copyFile(from, to);
+    await fs.promises.chmod(to, 0o600);
   } catch (err) {
     throw ioError(`cannot copy ${from} to ${to}`, err);
   }
@@ -167,8 +159,8 @@ function overlay(dbPath: string, follower: WalFollower, target: string): Capture
       pageSize = header.pageSize;
       dbSize = header.pageCount ?? Math.floor(fs.fstatSync(fd).size / pageSize);
     }
+    // Not fsynced: the image is a temporary file; the object made from it is.
     fs.ftruncateSync(fd, dbSize * pageSize);
-    fs.fsyncSync(fd);
     return { path: target, pageSize, dbSize, position, bigEndian: follower.bigEndian };
   } catch (err) {
     if (err instanceof WalshipError) throw err;

@@ -2,11 +2,14 @@
  * Keeps the page table (src/cache/page_table.ts) in step with what the
  * replica holds: from a snapshot image, from each shipped segment's records,
  * and, after a crash, by replaying the segments shipped since it was saved.
+ * Image files are read here in runs of whole pages, by the table's own
+ * passes and by snapshot_object.ts, which fills a table as it compresses.
  *
  * @module
  */
 
 import fs from "node:fs";
+import { WalshipError } from "../errors.ts";
 import { PageTable } from "../cache/page_table.ts";
 import type { CachedObject, ObjectCache } from "../cache/object_cache.ts";
 import { decodeObject } from "../replica/object_format.ts";
@@ -20,30 +23,104 @@ import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
 /** Hashes every page of a database image file. */
 export function tableFromImage(path: string, pageSize: number, dbSize: number, generation: string, txid: number): PageTable {
   const table = new PageTable(pageSize, generation, txid);
-  forEachPage(path, pageSize, dbSize, (pgno, page) => void table.set(pgno, page));
+  forEachChunk(path, pageSize, dbSize, (first, chunk) => void table.setPages(first, chunk));
   table.truncate(dbSize);
   return table;
 }
 
+/** A run of whole pages of an image: pages `first`.. in `chunk`. */
+export interface ImageChunk {
+  first: number;
+  chunk: Uint8Array;
+}
+
+/** An image is read in runs of whole pages of about this many bytes. */
+const CHUNK_BYTES = 1 << 20;
+
+/** Where each run of pages 1..dbSize lies in an image file. */
+function* chunkRuns(pageSize: number, dbSize: number): Generator<{ first: number; offset: number; length: number }> {
+  const per = Math.max(1, Math.floor(CHUNK_BYTES / pageSize));
+  for (let first = 1; first <= dbSize; first += per) {
+    yield { first, offset: (first - 1) * pageSize, length: Math.min(per, dbSize - first + 1) * pageSize };
+  }
+}
+
+function shortImage(path: string, pageSize: number, dbSize: number, at: number): WalshipError {
+  return new WalshipError(
+    "IO",
+    `the image ${path} ends at byte ${at}, short of its ${dbSize} pages of ${pageSize} bytes`,
+  );
+}
+
 /**
- * Calls `fn` with each page 1..dbSize of an image file, read 256 pages at a
- * time (`page` is a view into a reused buffer: copy what you keep). Stops
- * early when `fn` returns false.
+ * Calls `fn` with pages 1..dbSize of an image file, a run of whole pages at
+ * a time (`chunk` is a reused buffer: copy what you keep). Stops early when
+ * `fn` returns false; throws when the file is shorter than `dbSize` pages.
  */
-function forEachPage(path: string, pageSize: number, dbSize: number, fn: (pgno: number, page: Uint8Array) => boolean | void): void {
+function forEachChunk(
+  path: string,
+  pageSize: number,
+  dbSize: number,
+  fn: (first: number, chunk: Uint8Array) => boolean | void,
+): void {
   const fd = fs.openSync(path, "r");
   try {
-    const chunk = new Uint8Array(pageSize * 256);
-    for (let first = 1; first <= dbSize; first += 256) {
-      const pages = Math.min(256, dbSize - first + 1);
-      fs.readSync(fd, chunk, 0, pages * pageSize, (first - 1) * pageSize);
-      for (let i = 0; i < pages; i++) {
-        if (fn(first + i, chunk.subarray(i * pageSize, (i + 1) * pageSize)) === false) return;
+    let buffer = new Uint8Array(0);
+    for (const { first, offset, length } of chunkRuns(pageSize, dbSize)) {
+      if (buffer.length < length) buffer = new Uint8Array(length);
+      const chunk = buffer.subarray(0, length);
+      for (let done = 0; done < length;) {
+        const n = fs.readSync(fd, chunk, done, length - done, offset + done);
+        if (n === 0) throw shortImage(path, pageSize, dbSize, offset + done);
+        done += n;
       }
+      if (fn(first, chunk) === false) return;
     }
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * Pages 1..dbSize of an image file, a run of whole pages (about 1 MiB) at a
+ * time; throws when the file is shorter than `dbSize` pages. Two buffers
+ * take turns: a chunk stays valid while the next one is read and is
+ * overwritten by the one after (reused memory is much cheaper to read into
+ * and hash than fresh memory).
+ */
+export async function* readImageChunks(path: string, pageSize: number, dbSize: number): AsyncGenerator<ImageChunk> {
+  const file = await fs.promises.open(path, "r");
+  try {
+    const buffers: Uint8Array[] = [];
+    let turn = 0;
+    for (const { first, offset, length } of chunkRuns(pageSize, dbSize)) {
+      const buffer = buffers[turn] ??= new Uint8Array(length);
+      turn ^= 1;
+      const chunk = buffer.subarray(0, length);
+      for (let done = 0; done < length;) {
+        const { bytesRead } = await file.read(chunk, done, length - done, offset + done);
+        if (bytesRead === 0) throw shortImage(path, pageSize, dbSize, offset + done);
+        done += bytesRead;
+      }
+      yield { first, chunk };
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+/** Calls `fn` with each page 1..dbSize of an image file, as {@linkcode forEachChunk} does. */
+function forEachPage(
+  path: string,
+  pageSize: number,
+  dbSize: number,
+  fn: (pgno: number, page: Uint8Array) => boolean | void,
+): void {
+  forEachChunk(path, pageSize, dbSize, (first, chunk) => {
+    for (let i = 0; i * pageSize < chunk.length; i++) {
+      if (fn(first + i, chunk.subarray(i * pageSize, (i + 1) * pageSize)) === false) return false;
+    }
+  });
 }
 
 /** Applies a segment's records to the table, in order. */

@@ -739,7 +739,9 @@ export class Replicator {
     this.#generation = generation;
     this.#pageSize = image.pageSize;
     this.#follower.rebase(image.position, image.dbSize, image.pageSize, image.bigEndian);
-    this.#table = tableFromImage(image.path, image.pageSize, image.dbSize, generation, txid);
+    // Filled from the same reads that feed the compressor: the image is read once.
+    const table = new PageTable(image.pageSize, generation, txid);
+    this.#table = null;
     await this.#storeSnapshot(image.path, {
       kind: "snapshot",
       generation,
@@ -749,7 +751,8 @@ export class Replicator {
       position: image.position,
       bigEndian: image.bigEndian,
       dbSize: image.dbSize,
-    }, reason);
+    }, reason, table);
+    this.#table = table;
     this.#builder = new SegmentBuilder(txid, image.position, image.dbSize, image.bigEndian);
     this.#saveTable(true);
     this.#repairReason = null;
@@ -777,11 +780,12 @@ export class Replicator {
     }, "snapshot interval elapsed");
   }
 
-  async #storeSnapshot(imagePath: string, meta: SnapshotMeta, reason: string): Promise<void> {
+  /** Stores a snapshot object in the cache; `table`, when given, is filled with the image's page hashes. */
+  async #storeSnapshot(imagePath: string, meta: SnapshotMeta, reason: string, table?: PageTable): Promise<void> {
     const objectTmp = this.#tempPath();
     try {
       const progress = this.#snapshotProgress?.() ?? null;
-      const hash = await writeSnapshotObject(imagePath, meta, objectTmp, { onProgress: progress?.update })
+      const hash = await writeSnapshotObject(imagePath, meta, objectTmp, { onProgress: progress?.update, table })
         .finally(() => progress?.finish());
       this.#cache.addFile(objectTmp, {
         hash,
