@@ -15,6 +15,8 @@
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import type { ObservedTransaction } from "../src/capture/wal_follower.ts";
+import type { WalPosition } from "../src/sqlite/wal_scanner.ts";
 import { openSqlite } from "./_runtime.ts";
 import { between, prng } from "./_util.ts";
 
@@ -438,4 +440,37 @@ export function frameOfByte(offset: number, pageSize: number): number {
   return offset < WAL_HEADER
     ? 0
     : Math.floor((offset - WAL_HEADER) / (FRAME_HEADER + pageSize)) + 1;
+}
+
+/**
+ * One committed WAL frame holding `page` (any page size), continuing the
+ * checksum chain at `pos`: as a transaction the follower could have
+ * observed at `time`, and the position after it.
+ */
+export function commitFrame(pos: WalPosition, pgno: number, dbSize: number, page: Uint8Array, bigEndian: boolean, time: number) {
+  const frames = new Uint8Array(FRAME_HEADER + page.length);
+  const v = new DataView(frames.buffer);
+  v.setUint32(0, pgno);
+  v.setUint32(4, dbSize);
+  v.setUint32(8, pos.salt1);
+  v.setUint32(12, pos.salt2);
+  frames.set(page, FRAME_HEADER);
+  let sum = referenceChecksum([pos.checksum1, pos.checksum2], frames, 0, 8, bigEndian);
+  sum = referenceChecksum(sum, frames, FRAME_HEADER, page.length, bigEndian);
+  v.setUint32(16, sum[0]);
+  v.setUint32(20, sum[1]);
+  const frame = pos.frame + 1;
+  const tx: ObservedTransaction = {
+    firstFrame: frame,
+    lastFrame: frame,
+    offset: 0,
+    end: 0,
+    pages: [pgno],
+    dbSize,
+    checksum1: sum[0],
+    checksum2: sum[1],
+    frames,
+    time,
+  };
+  return { tx, pos: { ...pos, frame, checksum1: sum[0], checksum2: sum[1] } as WalPosition };
 }

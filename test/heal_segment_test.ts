@@ -14,7 +14,6 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import type { ObservedTransaction } from "../src/capture/wal_follower.ts";
 import { WalshipError } from "../src/errors.ts";
 import { newGenerationId, segmentKey, snapshotKey } from "../src/replica/layout.ts";
 import { decodeObject, type SegmentMeta } from "../src/replica/object_format.ts";
@@ -28,7 +27,7 @@ import { restoreDatabase } from "../src/restore/restore.ts";
 import { encodeWalHeader } from "../src/sqlite/wal.ts";
 import type { WalPosition } from "../src/sqlite/wal_scanner.ts";
 import { test } from "./_runtime.ts";
-import { referenceChecksum } from "./_wal_fixtures.ts";
+import { commitFrame } from "./_wal_fixtures.ts";
 import { prng, withTempDir } from "./_util.ts";
 
 const PAGE = 512;
@@ -78,35 +77,6 @@ test("a 'P' record encodes and decodes exactly: pages, db size, position or none
     assert.throws(() => [...decodeSegmentBody(body.subarray(0, cut), PAGE, "cut")], isCorrupt, `cut at ${cut}`);
   }
 });
-
-/** One committed WAL frame continuing the chain at `pos`; returns it as a transaction and the new position. */
-function commitFrame(pos: WalPosition, pgno: number, dbSize: number, page: Uint8Array, bigEndian: boolean, time: number) {
-  const frames = new Uint8Array(24 + PAGE);
-  const v = new DataView(frames.buffer);
-  v.setUint32(0, pgno);
-  v.setUint32(4, dbSize);
-  v.setUint32(8, pos.salt1);
-  v.setUint32(12, pos.salt2);
-  frames.set(page, 24);
-  let sum = referenceChecksum([pos.checksum1, pos.checksum2], frames, 0, 8, bigEndian);
-  sum = referenceChecksum(sum, frames, 24, PAGE, bigEndian);
-  v.setUint32(16, sum[0]);
-  v.setUint32(20, sum[1]);
-  const frame = pos.frame + 1;
-  const tx: ObservedTransaction = {
-    firstFrame: frame,
-    lastFrame: frame,
-    offset: 0,
-    end: 0,
-    pages: [pgno],
-    dbSize,
-    checksum1: sum[0],
-    checksum2: sum[1],
-    frames,
-    time,
-  };
-  return { tx, pos: { ...pos, frame, checksum1: sum[0], checksum2: sum[1] } };
-}
 
 /** An image of `pages` pages, as a copy. */
 const image = (pages: Uint8Array[]) => pages.map((p) => p.slice());

@@ -57,6 +57,13 @@ export class PageTable {
     if (pgno > this.#count) this.#count = pgno;
   }
 
+  /** Records page `pgno` as holding a page whose {@linkcode pageHash} is `hash`. */
+  setHash(pgno: number, hash: Uint8Array): void {
+    this.#grow(pgno);
+    this.#hashes.set(hash.subarray(0, ENTRY), (pgno - 1) * ENTRY);
+    if (pgno > this.#count) this.#count = pgno;
+  }
+
   /**
    * Records pages `first`, `first + 1`, … as holding the consecutive
    * page-sized slices of `pages` (whole pages: its length is a multiple of

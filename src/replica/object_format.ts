@@ -21,7 +21,8 @@ import { WalshipError } from "../errors.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
 export const OBJECT_MAGIC = new TextEncoder().encode("walship\0");
-export const FORMAT_VERSION = 1;
+/** The newest format this walship writes and reads; it reads every one from 1 up. */
+export const FORMAT_VERSION = 2;
 export const PREAMBLE_SIZE = 16;
 export const HASH_SIZE = 32;
 
@@ -45,6 +46,11 @@ export interface SegmentMeta {
   dbSize: number;
   /** Uncompressed payload size in bytes. */
   bodySize: number;
+  /**
+   * Format 2: the payload is several zstd frames, of these compressed sizes,
+   * whose contents join into the body. Absent: one frame (format 1).
+   */
+  pieces?: number[];
 }
 
 /** Metadata of a snapshot object: the whole database image at `txid`. */
@@ -65,26 +71,41 @@ export interface SnapshotMeta {
 
 export type ObjectMeta = SegmentMeta | SnapshotMeta;
 
+/**
+ * The format an object is written in: 2 only for a segment in pieces, so
+ * every other object stays readable by a walship that reads format 1.
+ */
+export function formatOf(meta: ObjectMeta): number {
+  return meta.kind === "segment" && meta.pieces ? 2 : 1;
+}
+
 /** Bytes that go before the payload: preamble and metadata. */
 export function encodePreamble(meta: ObjectMeta): Uint8Array {
-  const json = new TextEncoder().encode(JSON.stringify({ format: FORMAT_VERSION, ...meta }));
+  const version = formatOf(meta);
+  const json = new TextEncoder().encode(JSON.stringify({ format: version, ...meta }));
   const out = new Uint8Array(PREAMBLE_SIZE + json.length);
   out.set(OBJECT_MAGIC, 0);
   const v = new DataView(out.buffer);
-  v.setUint16(8, FORMAT_VERSION);
+  v.setUint16(8, version);
   v.setUint32(12, json.length);
   out.set(json, PREAMBLE_SIZE);
   return out;
 }
 
-/** A whole object around an already-compressed payload, with its hash (hex). */
-export function encodeObject(meta: ObjectMeta, payload: Uint8Array): { bytes: Uint8Array; hash: string } {
+/** A whole object around an already-compressed payload (given whole or in parts), with its hash (hex). */
+export function encodeObject(meta: ObjectMeta, payload: Uint8Array | Uint8Array[]): { bytes: Uint8Array; hash: string } {
   const pre = encodePreamble(meta);
-  const bytes = new Uint8Array(pre.length + payload.length + HASH_SIZE);
+  const parts = Array.isArray(payload) ? payload : [payload];
+  const end = parts.reduce((n, p) => n + p.length, pre.length);
+  const bytes = new Uint8Array(end + HASH_SIZE);
   bytes.set(pre, 0);
-  bytes.set(payload, pre.length);
-  const digest = createHash("sha256").update(bytes.subarray(0, pre.length + payload.length)).digest();
-  bytes.set(digest, pre.length + payload.length);
+  let at = pre.length;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.length;
+  }
+  const digest = createHash("sha256").update(bytes.subarray(0, end)).digest();
+  bytes.set(digest, end);
   return { bytes, hash: digest.toString("hex") };
 }
 
@@ -98,8 +119,8 @@ export function decodePreamble(head: Uint8Array, what: string): { meta: ObjectMe
   }
   const v = new DataView(head.buffer, head.byteOffset, head.length);
   const version = v.getUint16(8);
-  if (version !== FORMAT_VERSION) {
-    throw new WalshipError("CORRUPT", `${what} has format version ${version}; this walship reads ${FORMAT_VERSION}`);
+  if (version < 1 || version > FORMAT_VERSION) {
+    throw new WalshipError("CORRUPT", `${what} has format version ${version}; this walship reads 1 to ${FORMAT_VERSION}`);
   }
   const metaLength = v.getUint32(12);
   if (head.length < PREAMBLE_SIZE + metaLength) {

@@ -22,6 +22,8 @@
  */
 
 import { WalshipError } from "../errors.ts";
+import type { SegmentMeta } from "./object_format.ts";
+import { zstdDecompress } from "./zstd.ts";
 import { WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE } from "../sqlite/wal.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
@@ -46,49 +48,100 @@ export type SegmentRecord =
     pages: Array<{ pgno: number; page: Uint8Array }>;
   };
 
-/** Builds a segment payload from records; `pageSize` fixes the frame size. */
+/** Builds a segment payload from records. */
 export function encodeSegmentBody(records: SegmentRecord[]): Uint8Array {
-  let size = 0;
-  for (const r of records) {
-    size += r.tag === "header"
-      ? 1 + WAL_HEADER_SIZE
-      : r.tag === "transaction"
-      ? 1 + TX_FIELDS + r.frames.length
-      : 1 + HEAL_FIELDS + r.pages.reduce((n, p) => n + 4 + p.page.length, 0);
+  return concatBytes(records.flatMap(encodeRecord));
+}
+
+/** Bytes in one record once encoded. */
+export function recordSize(r: SegmentRecord): number {
+  return r.tag === "header"
+    ? 1 + WAL_HEADER_SIZE
+    : r.tag === "transaction"
+    ? 1 + TX_FIELDS + r.frames.length
+    : 1 + HEAL_FIELDS + r.pages.reduce((n, p) => n + 4 + p.page.length, 0);
+}
+
+/**
+ * One record's bytes, as parts to be written in order: the tag and fields,
+ * then the frames or pages themselves (views, not copies).
+ */
+export function encodeRecord(r: SegmentRecord): Uint8Array[] {
+  if (r.tag === "header") {
+    const out = new Uint8Array(1 + WAL_HEADER_SIZE);
+    out[0] = TAG_HEADER;
+    out.set(r.header.subarray(0, WAL_HEADER_SIZE), 1);
+    return [out];
   }
-  const out = new Uint8Array(size);
-  const v = new DataView(out.buffer);
+  if (r.tag === "transaction") {
+    const head = new Uint8Array(1 + TX_FIELDS);
+    const v = new DataView(head.buffer);
+    head[0] = TAG_TRANSACTION;
+    v.setUint32(1, r.firstFrame);
+    v.setUint32(5, r.frameCount);
+    v.setFloat64(9, r.time);
+    return [head, r.frames];
+  }
+  const head = new Uint8Array(1 + HEAL_FIELDS);
+  const v = new DataView(head.buffer);
+  head[0] = TAG_HEAL;
+  v.setUint32(1, r.dbSize);
+  v.setFloat64(5, r.time);
+  v.setUint32(13, r.pages.length);
+  head[17] = (r.position ? 1 : 0) | (r.bigEndian ? 2 : 0);
+  const p = r.position;
+  if (p) [p.salt1, p.salt2, p.frame, p.checksum1, p.checksum2].forEach((x, i) => v.setUint32(18 + 4 * i, x));
+  const parts: Uint8Array[] = [head];
+  for (const { pgno, page } of r.pages) {
+    const n = new Uint8Array(4);
+    new DataView(n.buffer).setUint32(0, pgno);
+    parts.push(n, page);
+  }
+  return parts;
+}
+
+/** `parts` joined into one array. */
+export function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
-  for (const r of records) {
-    if (r.tag === "header") {
-      out[at++] = TAG_HEADER;
-      out.set(r.header.subarray(0, WAL_HEADER_SIZE), at);
-      at += WAL_HEADER_SIZE;
-    } else if (r.tag === "heal") {
-      out[at++] = TAG_HEAL;
-      v.setUint32(at, r.dbSize);
-      v.setFloat64(at + 4, r.time);
-      v.setUint32(at + 12, r.pages.length);
-      out[at + 16] = (r.position ? 1 : 0) | (r.bigEndian ? 2 : 0);
-      const p = r.position;
-      if (p) [p.salt1, p.salt2, p.frame, p.checksum1, p.checksum2].forEach((x, i) => v.setUint32(at + 17 + 4 * i, x));
-      at += HEAL_FIELDS;
-      for (const { pgno, page } of r.pages) {
-        v.setUint32(at, pgno);
-        out.set(page, at + 4);
-        at += 4 + page.length;
-      }
-    } else {
-      out[at++] = TAG_TRANSACTION;
-      v.setUint32(at, r.firstFrame);
-      v.setUint32(at + 4, r.frameCount);
-      v.setFloat64(at + 8, r.time);
-      at += TX_FIELDS;
-      out.set(r.frames, at);
-      at += r.frames.length;
-    }
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
   }
   return out;
+}
+
+/**
+ * A segment's payload decompressed: one zstd frame, or, when the metadata
+ * lists `pieces` (format 2), one zstd frame per piece, joined. Throws
+ * CORRUPT when the pieces do not add up to the payload or the body is not
+ * `bodySize` bytes.
+ */
+export function decompressSegmentPayload(meta: SegmentMeta, payload: Uint8Array, what: string): Uint8Array {
+  let body: Uint8Array;
+  try {
+    if (!meta.pieces) body = zstdDecompress(payload);
+    else {
+      const total = meta.pieces.reduce((n, p) => n + p, 0);
+      if (total !== payload.length) {
+        throw new WalshipError("CORRUPT", `${what}: its pieces add up to ${total} bytes, the payload is ${payload.length}`);
+      }
+      const out: Uint8Array[] = [];
+      let at = 0;
+      for (const size of meta.pieces) {
+        out.push(zstdDecompress(payload.subarray(at, at + size)));
+        at += size;
+      }
+      body = concatBytes(out);
+    }
+  } catch (err) {
+    if (err instanceof WalshipError) throw err;
+    throw new WalshipError("CORRUPT", `${what} has a payload that does not decompress`, { cause: err });
+  }
+  if (body.length !== meta.bodySize) {
+    throw new WalshipError("CORRUPT", `${what}: payload is ${body.length} bytes, expected ${meta.bodySize}`);
+  }
+  return body;
 }
 
 /** Reads the records of a segment payload; throws CORRUPT on malformed bytes. */

@@ -10,12 +10,11 @@
 
 import fs from "node:fs";
 import { WalshipError } from "../errors.ts";
-import { PageTable } from "../cache/page_table.ts";
+import { PageTable, pageHash } from "../cache/page_table.ts";
 import type { CachedObject, ObjectCache } from "../cache/object_cache.ts";
 import { decodeObject } from "../replica/object_format.ts";
-import { decodeSegmentBody, type SegmentRecord } from "../replica/segment.ts";
+import { decodeSegmentBody, decompressSegmentPayload, type SegmentRecord } from "../replica/segment.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
-import { zstdDecompress } from "../replica/zstd.ts";
 import { parseObjectKey } from "../replica/layout.ts";
 import { listGeneration } from "../restore/plan.ts";
 import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
@@ -125,20 +124,91 @@ function forEachPage(
 
 /** Applies a segment's records to the table, in order. */
 export function applyRecords(table: PageTable, records: Iterable<SegmentRecord>): void {
-  const pageSize = table.pageSize;
-  const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;
-  for (const r of records) {
-    if (r.tag === "transaction") {
-      const v = new DataView(r.frames.buffer, r.frames.byteOffset, r.frames.length);
-      for (let i = 0; i < r.frameCount; i++) {
-        const at = i * frameSize;
-        table.set(v.getUint32(at), r.frames.subarray(at + WAL_FRAME_HEADER_SIZE, at + frameSize));
-      }
-      table.truncate(v.getUint32((r.frameCount - 1) * frameSize + 4));
-    } else if (r.tag === "heal") {
-      for (const { pgno, page } of r.pages) table.set(pgno, page);
-      table.truncate(r.dbSize);
+  const changes = new PageChanges(table.count);
+  for (const r of records) changes.addRecord(r);
+  changes.applyTo(table);
+}
+
+/** Copies of pages held before they are hashed; beyond this, they are hashed early to bound memory. */
+const CHANGES_HELD_BYTES = 32 << 20;
+
+/**
+ * What a run of transactions did to the pages, for the page table: only the
+ * last version of each page is hashed, however often it was written (a busy
+ * page is rewritten by nearly every commit of a segment). Gives the same
+ * table as applying every frame in order: a shrink forgets what was written
+ * above it, and {@linkcode applyTo} cuts the table at the lowest shrink before
+ * it sets the pages written since.
+ */
+export class PageChanges {
+  /** Copies of the last version of pages not hashed yet. */
+  #pages = new Map<number, Uint8Array>();
+  /** Hashes of pages whose copies were hashed early. */
+  #hashes = new Map<number, Uint8Array>();
+  #size: number;
+  #lowestShrink = Infinity;
+
+  /** Starts from a state `dbSize` pages long. */
+  constructor(dbSize: number) {
+    this.#size = dbSize;
+  }
+
+  get empty(): boolean {
+    return this.#pages.size === 0 && this.#hashes.size === 0 && this.#lowestShrink === Infinity;
+  }
+
+  /** Page `pgno` now holds `page` (copied). */
+  set(pgno: number, page: Uint8Array): void {
+    const held = this.#pages.get(pgno);
+    if (held) {
+      held.set(page);
+      return;
     }
+    if ((this.#pages.size + 1) * page.length > CHANGES_HELD_BYTES) this.#hashHeld();
+    this.#pages.set(pgno, page.slice());
+  }
+
+  /** The database is now `pages` long. */
+  resize(pages: number): void {
+    if (pages < this.#size) {
+      for (const map of [this.#pages, this.#hashes]) {
+        for (const pgno of map.keys()) if (pgno > pages) map.delete(pgno);
+      }
+      this.#lowestShrink = Math.min(this.#lowestShrink, pages);
+    }
+    this.#size = pages;
+  }
+
+  /** Adds the `frameCount` whole WAL frames of one transaction, and the db size of its commit frame. */
+  addFrames(frames: Uint8Array, frameCount: number): void {
+    const frameSize = frames.length / frameCount;
+    const v = new DataView(frames.buffer, frames.byteOffset, frames.length);
+    for (let at = 0; at < frames.length; at += frameSize) {
+      this.set(v.getUint32(at), frames.subarray(at + WAL_FRAME_HEADER_SIZE, at + frameSize));
+    }
+    this.resize(v.getUint32(frames.length - frameSize + 4));
+  }
+
+  /** Adds one segment record (a WAL header changes no page). */
+  addRecord(r: SegmentRecord): void {
+    if (r.tag === "transaction") this.addFrames(r.frames, r.frameCount);
+    else if (r.tag === "heal") {
+      for (const { pgno, page } of r.pages) this.set(pgno, page);
+      this.resize(r.dbSize);
+    }
+  }
+
+  /** Brings `table` (at the state these changes started from) to the state after them. */
+  applyTo(table: PageTable): void {
+    if (this.#lowestShrink < Infinity) table.truncate(this.#lowestShrink);
+    for (const [pgno, hash] of this.#hashes) table.setHash(pgno, hash);
+    for (const [pgno, page] of this.#pages) table.set(pgno, page);
+    table.truncate(this.#size);
+  }
+
+  #hashHeld(): void {
+    for (const [pgno, page] of this.#pages) this.#hashes.set(pgno, pageHash(page));
+    this.#pages.clear();
   }
 }
 
@@ -171,7 +241,7 @@ export async function replayTable(
     const bytes = (local && readIfPresent(cache.objectPath(local.hash))) || await storage.get(key);
     const { meta, payload } = decodeObject(bytes, key);
     if (meta.kind !== "segment") return null;
-    applyRecords(table, decodeSegmentBody(zstdDecompress(payload), table.pageSize, key));
+    applyRecords(table, decodeSegmentBody(decompressSegmentPayload(meta, payload, key), table.pageSize, key));
     table.txid = range.last;
   }
   return table.txid === txid ? table : null;

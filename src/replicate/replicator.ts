@@ -30,7 +30,7 @@ import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
 import { PageTable } from "../cache/page_table.ts";
 import { listGeneration, listGenerations } from "../restore/plan.ts";
 import { restoreDatabase } from "../restore/restore.ts";
-import { applyRecords, diffImage, replayTable, tableFromImage } from "./page_table_sync.ts";
+import { diffImage, replayTable, tableFromImage } from "./page_table_sync.ts";
 import { PinKeeper } from "./pin_keeper.ts";
 import { enforceRetention } from "./retention.ts";
 import { SegmentBuilder } from "./segment_builder.ts";
@@ -614,6 +614,8 @@ export class Replicator {
 
   #flushSegment(): void {
     if (this.#builder.empty || !this.#generation) return;
+    // The next cut is due one sync interval after this one, not after this one's build and write.
+    const cutAt = Date.now();
     const seg = this.#builder.build(this.#generation, this.#pageSize);
     this.#cache.addBytes(seg.bytes, {
       hash: seg.hash,
@@ -628,12 +630,12 @@ export class Replicator {
       time: seg.meta.firstTime,
     });
     if (this.#table) {
-      applyRecords(this.#table, this.#builder.records);
+      this.#builder.changes.applyTo(this.#table);
       this.#table.txid = seg.meta.lastTxid;
     }
     this.#builder.commit();
     this.#saveTable(false);
-    this.#lastFlush = Date.now();
+    this.#lastFlush = cutAt;
     this.#stats.segments++;
     this.#emit({ type: "segment", generation: this.#generation, firstTxid: seg.meta.firstTxid, lastTxid: seg.meta.lastTxid });
     for (const t of this.#targets) t.uploader.notify();

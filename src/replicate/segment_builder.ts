@@ -2,14 +2,25 @@
  * Gathers transactions between uploads and turns them into one segment
  * object: at most one object per sync interval, however many transactions.
  *
+ * Frames are not held until the segment is cut: each run of about 4 MiB of
+ * records is compressed as it fills (one zstd frame, a "piece", format 2 in
+ * docs/FORMAT.md), and the page table's view of what changed is kept as the
+ * last version of each page (PageChanges). Memory then follows the
+ * compressed size of a sync interval's writes, not the raw size, and cutting
+ * a segment compresses at most one piece.
+ *
  * @module
  */
 
 import type { ObservedTransaction } from "../capture/wal_follower.ts";
 import { encodeObject, type SegmentMeta } from "../replica/object_format.ts";
-import { encodeSegmentBody, type SegmentRecord } from "../replica/segment.ts";
+import { concatBytes, encodeRecord, type SegmentRecord } from "../replica/segment.ts";
 import { zstdCompress } from "../replica/zstd.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
+import { PageChanges } from "./page_table_sync.ts";
+
+/** Raw record bytes gathered before they are compressed into one piece. */
+export const PIECE_BYTES = 4 << 20;
 
 /** A finished segment, ready for the cache. */
 export interface BuiltSegment {
@@ -20,7 +31,14 @@ export interface BuiltSegment {
 
 /** Transactions waiting to become a segment. */
 export class SegmentBuilder {
-  #records: SegmentRecord[] = [];
+  /** Records added; a segment is empty without any. */
+  #records = 0;
+  /** Encoded record bytes not compressed yet. */
+  #raw: Uint8Array[] = [];
+  #rawBytes = 0;
+  /** Compressed pieces, in order. */
+  #pieces: Uint8Array[] = [];
+  #changes: PageChanges;
   #start: WalPosition | null;
   #end: WalPosition | null;
   #firstTxid = 0;
@@ -41,6 +59,7 @@ export class SegmentBuilder {
     this.#start = position;
     this.#end = position;
     this.#dbSize = dbSize;
+    this.#changes = new PageChanges(dbSize);
   }
 
   /** Last txid handed out. */
@@ -68,13 +87,18 @@ export class SegmentBuilder {
     return this.#firstTime;
   }
 
-  /** Frame bytes waiting. */
+  /** Body bytes waiting (before compression). */
   get size(): number {
     return this.#bytes;
   }
 
   get empty(): boolean {
-    return this.#records.length === 0;
+    return this.#records === 0;
+  }
+
+  /** What the records waiting do to the pages: applied to the page table once they are shipped. */
+  get changes(): PageChanges {
+    return this.#changes;
   }
 
   /**
@@ -85,24 +109,24 @@ export class SegmentBuilder {
     if (epochHeader) this.#heldHeader = epochHeader;
     for (const tx of transactions) {
       if (this.#heldHeader) {
-        this.#records.push({ tag: "header", header: this.#heldHeader });
+        this.#push({ tag: "header", header: this.#heldHeader });
         this.#bigEndian = (this.#heldHeader[3] & 1) === 1; // magic 0x377f0683
         this.#heldHeader = null;
       }
-      if (this.#records.length === 0 || this.#firstTxid === 0) {
+      if (this.#firstTxid === 0) {
         this.#firstTxid = this.#lastTxid + 1;
         this.#firstTime = tx.time;
       }
       this.#lastTxid++;
       this.#lastTime = tx.time;
-      this.#records.push({
+      this.#push({
         tag: "transaction",
         firstFrame: tx.firstFrame,
         frameCount: tx.pages.length,
         time: tx.time,
         frames: tx.frames,
       });
-      this.#bytes += tx.frames.length;
+      this.#changes.addFrames(tx.frames, tx.pages.length);
       this.#dbSize = tx.dbSize;
       // Every frame header carries its epoch's salts; read them off the first one.
       const v = new DataView(tx.frames.buffer, tx.frames.byteOffset, 16);
@@ -114,11 +138,6 @@ export class SegmentBuilder {
         checksum2: tx.checksum2,
       };
     }
-  }
-
-  /** The records waiting, in order (read-only). */
-  get records(): readonly SegmentRecord[] {
-    return this.#records;
   }
 
   /**
@@ -133,22 +152,45 @@ export class SegmentBuilder {
     pages: Array<{ pgno: number; page: Uint8Array }>;
   }): void {
     this.#heldHeader = null; // the heal's position supersedes an epoch header not yet shipped
-    if (this.#records.length === 0 || this.#firstTxid === 0) {
+    if (this.#firstTxid === 0) {
       this.#firstTxid = this.#lastTxid + 1;
       this.#firstTime = heal.time;
     }
     this.#lastTxid++;
     this.#lastTime = heal.time;
-    this.#records.push({ tag: "heal", ...heal });
-    this.#bytes += heal.pages.reduce((n, p) => n + p.page.length, 0);
+    const record: SegmentRecord = { tag: "heal", ...heal };
+    this.#push(record);
+    this.#changes.addRecord(record);
     this.#dbSize = heal.dbSize;
     this.#end = heal.position;
     this.#bigEndian = heal.bigEndian;
   }
 
-  /** Builds the segment object of everything added, and starts over after it. */
+  /** Encodes a record into the raw run, compressing the run into a piece once it is big enough. */
+  #push(record: SegmentRecord): void {
+    this.#records++;
+    for (const part of encodeRecord(record)) {
+      this.#raw.push(part);
+      this.#rawBytes += part.length;
+      this.#bytes += part.length;
+    }
+    if (this.#rawBytes >= PIECE_BYTES) this.#compressRaw();
+  }
+
+  #compressRaw(): void {
+    if (this.#rawBytes === 0) return;
+    this.#pieces.push(zstdCompress(concatBytes(this.#raw)));
+    this.#raw = [];
+    this.#rawBytes = 0;
+  }
+
+  /**
+   * Builds the segment object of everything added. Call {@linkcode commit}
+   * once it is stored; until then, building again gives the same object
+   * (plus whatever was added since).
+   */
   build(generation: string, pageSize: number): BuiltSegment {
-    const body = encodeSegmentBody(this.#records);
+    this.#compressRaw();
     const meta: SegmentMeta = {
       kind: "segment",
       generation,
@@ -161,15 +203,20 @@ export class SegmentBuilder {
       end: this.#end,
       bigEndian: this.#startBigEndian,
       dbSize: this.#dbSize,
-      bodySize: body.length,
+      bodySize: this.#bytes,
     };
-    const { bytes, hash } = encodeObject(meta, zstdCompress(body));
+    if (this.#pieces.length > 1) meta.pieces = this.#pieces.map((p) => p.length);
+    const { bytes, hash } = encodeObject(meta, this.#pieces);
     return { bytes, hash, meta };
   }
 
   /** Forgets the built records: the next segment starts where this one ended. */
   commit(): void {
-    this.#records = [];
+    this.#records = 0;
+    this.#raw = [];
+    this.#rawBytes = 0;
+    this.#pieces = [];
+    this.#changes = new PageChanges(this.#dbSize);
     this.#start = this.#end;
     this.#startBigEndian = this.#bigEndian;
     this.#firstTxid = 0;

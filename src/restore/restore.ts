@@ -17,7 +17,8 @@ import { WalshipError } from "../errors.ts";
 import { type Log, silentLog } from "../log.ts";
 import { decodeObject, type SegmentMeta } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
-import { createZstdDecompressStream, zstdDecompress } from "../replica/zstd.ts";
+import { decompressSegmentPayload } from "../replica/segment.ts";
+import { createZstdDecompressStream } from "../replica/zstd.ts";
 import { type ApplyState, applySegment } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
 import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
@@ -236,13 +237,8 @@ async function applySegments(
         meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid) {
       throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
     }
-    let body: Uint8Array;
-    try {
-      body = zstdDecompress(payload);
-    } catch (err) {
-      throw new WalshipError("CORRUPT", `${what} has a payload that does not decompress`, { cause: err });
-    }
-    const done = applySegment(fd, state, meta as SegmentMeta, body, plan, what);
+    const body = decompressSegmentPayload(meta, payload, what);
+    const done = applySegment(fd, state, meta, body, plan, what);
     if (done) return;
   }
 }
