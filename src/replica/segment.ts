@@ -53,15 +53,6 @@ export function encodeSegmentBody(records: SegmentRecord[]): Uint8Array {
   return concatBytes(records.flatMap(encodeRecord));
 }
 
-/** Bytes in one record once encoded. */
-export function recordSize(r: SegmentRecord): number {
-  return r.tag === "header"
-    ? 1 + WAL_HEADER_SIZE
-    : r.tag === "transaction"
-    ? 1 + TX_FIELDS + r.frames.length
-    : 1 + HEAL_FIELDS + r.pages.reduce((n, p) => n + 4 + p.page.length, 0);
-}
-
 /**
  * One record's bytes, as parts to be written in order: the tag and fields,
  * then the frames or pages themselves (views, not copies).
