@@ -166,6 +166,8 @@ interface Running {
   started: number;
   stop(): Promise<Usage>;
   log(): string;
+  /** Lines saying walship lost continuity and healed (its log, counted whole). */
+  heals(): number;
 }
 
 /** Starts `cmd` under the rusage wrapper; stop() sends SIGTERM and waits. */
@@ -175,9 +177,15 @@ function startReplicator(cmd: string, args: string[], env: Record<string, string
     stdio: ["ignore", "pipe", "pipe"],
   });
   let log = "";
+  let line = "";
+  let heals = 0;
   const keep = (c: Uint8Array) => {
-    log += new TextDecoder().decode(c);
+    const text = new TextDecoder().decode(c);
+    log += text;
     if (log.length > 200_000) log = log.slice(-100_000);
+    const lines = (line + text).split("\n");
+    line = lines.pop()!;
+    for (const l of lines) if (l.includes("healed by shipping")) heals++;
   };
   child.stdout!.on("data", keep);
   child.stderr!.on("data", keep);
@@ -185,6 +193,7 @@ function startReplicator(cmd: string, args: string[], env: Record<string, string
   return {
     started: Date.now() / 1000,
     log: () => log,
+    heals: () => heals + (line.includes("healed by shipping") ? 1 : 0),
     async stop() {
       process.kill(child.pid!, "SIGTERM");
       const timer = setTimeout(() => {
@@ -283,6 +292,8 @@ interface ToolResult {
   lagP99Ms?: number;
   lagCommits?: number;
   lagUnmatched?: number;
+  /** walship only: heals (commits it could not read, shipped as changed pages). */
+  heals?: number;
   snapshotSec?: number;
   restoreSec?: number;
   writerTps?: number;
@@ -382,6 +393,7 @@ async function runTool(env: Env, tool: Tool, dir: string, plan: RunPlan, res: To
     res.sysSec = usage.stime;
     res.cpuSec = usage.utime + usage.stime;
     res.rssMiB = usage.maxrss_kib / 1024;
+    if (tool === "walship") res.heals = r.heals();
     if (usage.exit !== 0) res.error = `exit ${usage.exit}: ${r.log().slice(-2000)}`;
     const objects = allPrefixes();
     res.objects = objects.length;
@@ -626,6 +638,7 @@ function rows(wl: Workload): Row[] {
     { metric: "bytes stored (MiB)", w: mib(w.storedBytes), l: mib(l.storedBytes), digits: 2, target: { max: 0.7 } },
     { metric: "objects stored", w: w.objects, l: l.objects, digits: 0 },
   ];
+  if (w.heals !== undefined) out.push({ metric: "walship heals (continuity lost)", w: w.heals, l: undefined, digits: 0 });
   if (wl.id === 3) out.push({ metric: "snapshot stored, after start (s)", w: w.snapshotSec, l: l.snapshotSec, digits: 2 });
   if (w.lagP50Ms !== undefined || l.lagP50Ms !== undefined) {
     const limit = 1.1 * wl.syncMs;
