@@ -17,6 +17,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
@@ -75,7 +76,7 @@ export type ObjectMeta = SegmentMeta | SnapshotMeta;
  * The format an object is written in: 2 only for a segment in pieces, so
  * every other object stays readable by a walship that reads format 1.
  */
-export function formatOf(meta: ObjectMeta): number {
+function formatOf(meta: ObjectMeta): number {
   return meta.kind === "segment" && meta.pieces ? 2 : 1;
 }
 
@@ -94,19 +95,11 @@ export function encodePreamble(meta: ObjectMeta): Uint8Array {
 
 /** A whole object around an already-compressed payload (given whole or in parts), with its hash (hex). */
 export function encodeObject(meta: ObjectMeta, payload: Uint8Array | Uint8Array[]): { bytes: Uint8Array; hash: string } {
-  const pre = encodePreamble(meta);
-  const parts = Array.isArray(payload) ? payload : [payload];
-  const end = parts.reduce((n, p) => n + p.length, pre.length);
-  const bytes = new Uint8Array(end + HASH_SIZE);
-  bytes.set(pre, 0);
-  let at = pre.length;
-  for (const p of parts) {
-    bytes.set(p, at);
-    at += p.length;
-  }
-  const digest = createHash("sha256").update(bytes.subarray(0, end)).digest();
-  bytes.set(digest, end);
-  return { bytes, hash: digest.toString("hex") };
+  const parts = [encodePreamble(meta), ...(Array.isArray(payload) ? payload : [payload])];
+  const hasher = createHash("sha256");
+  for (const p of parts) hasher.update(p);
+  const digest = hasher.digest();
+  return { bytes: concatBytes([...parts, digest]), hash: digest.toString("hex") };
 }
 
 /**

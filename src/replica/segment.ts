@@ -21,6 +21,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { SegmentMeta } from "./object_format.ts";
 import { zstdDecompress } from "./zstd.ts";
@@ -89,17 +90,6 @@ export function encodeRecord(r: SegmentRecord): Uint8Array[] {
     parts.push(n, page);
   }
   return parts;
-}
-
-/** `parts` joined into one array. */
-export function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /**

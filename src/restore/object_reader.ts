@@ -8,6 +8,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import { decodePreamble, HASH_SIZE, type ObjectMeta, PREAMBLE_SIZE } from "../replica/object_format.ts";
 
@@ -26,9 +27,9 @@ export async function* verifiedPayload(
   let head: Uint8Array | null = new Uint8Array(0);
   let tail: Uint8Array = new Uint8Array(0); // the last bytes seen, which may be the trailer
   for await (const chunk of source) {
-    let data = concat(tail, chunk);
+    let data = concatBytes([tail, chunk]);
     if (head !== null) {
-      head = concat(head, data);
+      head = concatBytes([head, data]);
       data = new Uint8Array(0);
       tail = new Uint8Array(0);
       if (head.length < PREAMBLE_SIZE) continue;
@@ -55,12 +56,4 @@ export async function* verifiedPayload(
   if (!hasher.digest().equals(tail)) {
     throw new WalshipError("CORRUPT", `${what} failed its hash check (corrupted or truncated)`);
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }

@@ -13,6 +13,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import { walChecksum } from "./checksum.ts";
 import {
   frameOffset,
@@ -189,7 +190,7 @@ export function scanFrames(
         checksum1: state[0],
         checksum2: state[1],
       };
-      if (collect) tx.frames = concat(pendingPieces);
+      if (collect) tx.frames = concatBytes(pendingPieces);
       transactions.push(tx);
       collected += tx.end - tx.offset;
       pendingPages = [];
@@ -267,18 +268,5 @@ export function bytesSource(bytes: Uint8Array): ByteSource {
       return part.length;
     },
   };
-}
-
-function concat(pieces: Uint8Array[]): Uint8Array {
-  if (pieces.length === 1) return pieces[0];
-  let size = 0;
-  for (const p of pieces) size += p.length;
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of pieces) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
