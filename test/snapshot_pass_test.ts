@@ -102,7 +102,7 @@ for (const pageSize of [512, 4096, 65536]) {
         });
 
         // Page by page, and as saved: the same table as a separate pass over the image.
-        const expected = tableFromImage(image.path, pageSize, image.dbSize, generation, 1);
+        const expected = await tableFromImage(image.path, pageSize, image.dbSize, generation, 1);
         assert.equal(table.count, image.dbSize);
         assert.equal(expected.count, image.dbSize);
         const bytes = fs.readFileSync(image.path);
@@ -151,7 +151,7 @@ test("an image short of its pages is refused; so is a page table of another page
       }),
       isShort,
     );
-    assert.throws(() => tableFromImage(image, 4096, 12, generation, 1), isShort);
+    await assert.rejects(tableFromImage(image, 4096, 12, generation, 1), isShort);
     await assert.rejects(
       writeSnapshotObject(image, snapshotMeta(generation, 4096, 10, Date.now()), path.join(dir, "o2"), {
         table: new PageTable(1024, generation, 1),

@@ -20,9 +20,15 @@ import { listGeneration } from "../restore/plan.ts";
 import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
 
 /** Hashes every page of a database image file. */
-export function tableFromImage(path: string, pageSize: number, dbSize: number, generation: string, txid: number): PageTable {
+export async function tableFromImage(
+  path: string,
+  pageSize: number,
+  dbSize: number,
+  generation: string,
+  txid: number,
+): Promise<PageTable> {
   const table = new PageTable(pageSize, generation, txid);
-  forEachChunk(path, pageSize, dbSize, (first, chunk) => void table.setPages(first, chunk));
+  for await (const { first, chunk } of readImageChunks(path, pageSize, dbSize)) table.setPages(first, chunk);
   table.truncate(dbSize);
   return table;
 }
@@ -52,35 +58,6 @@ function shortImage(path: string, pageSize: number, dbSize: number, at: number):
 }
 
 /**
- * Calls `fn` with pages 1..dbSize of an image file, a run of whole pages at
- * a time (`chunk` is a reused buffer: copy what you keep). Stops early when
- * `fn` returns false; throws when the file is shorter than `dbSize` pages.
- */
-function forEachChunk(
-  path: string,
-  pageSize: number,
-  dbSize: number,
-  fn: (first: number, chunk: Uint8Array) => boolean | void,
-): void {
-  const fd = fs.openSync(path, "r");
-  try {
-    let buffer = new Uint8Array(0);
-    for (const { first, offset, length } of chunkRuns(pageSize, dbSize)) {
-      if (buffer.length < length) buffer = new Uint8Array(length);
-      const chunk = buffer.subarray(0, length);
-      for (let done = 0; done < length;) {
-        const n = fs.readSync(fd, chunk, done, length - done, offset + done);
-        if (n === 0) throw shortImage(path, pageSize, dbSize, offset + done);
-        done += n;
-      }
-      if (fn(first, chunk) === false) return;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/**
  * Pages 1..dbSize of an image file, a run of whole pages (about 1 MiB) at a
  * time; throws when the file is shorter than `dbSize` pages. Two buffers
  * take turns: a chunk stays valid while the next one is read and is
@@ -106,20 +83,6 @@ export async function* readImageChunks(path: string, pageSize: number, dbSize: n
   } finally {
     await file.close();
   }
-}
-
-/** Calls `fn` with each page 1..dbSize of an image file, as {@linkcode forEachChunk} does. */
-function forEachPage(
-  path: string,
-  pageSize: number,
-  dbSize: number,
-  fn: (pgno: number, page: Uint8Array) => boolean | void,
-): void {
-  forEachChunk(path, pageSize, dbSize, (first, chunk) => {
-    for (let i = 0; i * pageSize < chunk.length; i++) {
-      if (fn(first + i, chunk.subarray(i * pageSize, (i + 1) * pageSize)) === false) return false;
-    }
-  });
 }
 
 /** Applies a segment's records to the table, in order. */
@@ -151,10 +114,6 @@ export class PageChanges {
   /** Starts from a state `dbSize` pages long. */
   constructor(dbSize: number) {
     this.#size = dbSize;
-  }
-
-  get empty(): boolean {
-    return this.#pages.size === 0 && this.#hashes.size === 0 && this.#lowestShrink === Infinity;
   }
 
   /** Page `pgno` now holds `page` (copied). */
@@ -260,21 +219,21 @@ function readIfPresent(file: string): Uint8Array | null {
  * The pages of an image that differ from the table, with the image's size.
  * Null when more than `maxBytes` differ (a new snapshot is then cheaper).
  */
-export function diffImage(
+export async function diffImage(
   path: string,
   dbSize: number,
   table: PageTable,
   maxBytes: number,
-): Array<{ pgno: number; page: Uint8Array }> | null {
+): Promise<Array<{ pgno: number; page: Uint8Array }> | null> {
   const pageSize = table.pageSize;
   const changed: Array<{ pgno: number; page: Uint8Array }> = [];
-  let tooMany = false;
-  forEachPage(path, pageSize, dbSize, (pgno, page) => {
-    if (table.matches(pgno, page)) return true;
-    changed.push({ pgno, page: page.slice() });
-    tooMany = changed.length * pageSize > maxBytes;
-    return !tooMany;
-  });
-  if (tooMany) return null;
+  for await (const { first, chunk } of readImageChunks(path, pageSize, dbSize)) {
+    for (let i = 0; i * pageSize < chunk.length; i++) {
+      const page = chunk.subarray(i * pageSize, (i + 1) * pageSize);
+      if (table.matches(first + i, page)) continue;
+      changed.push({ pgno: first + i, page: page.slice() });
+      if (changed.length * pageSize > maxBytes) return null;
+    }
+  }
   return changed;
 }

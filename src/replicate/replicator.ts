@@ -536,7 +536,7 @@ export class Replicator {
     const image = await captureImage(this.db, this.#follower, this.#tempPath(), { baseline: true, onPoll: () => {} });
     try {
       if (image.pageSize !== table.pageSize) return decline(`the page size changed to ${image.pageSize}`);
-      const changed = diffImage(image.path, image.dbSize, table, MAX_HEAL_BYTES);
+      const changed = await diffImage(image.path, image.dbSize, table, MAX_HEAL_BYTES);
       if (!changed) return decline(`more than ${MAX_HEAL_BYTES >> 20} MiB of pages changed: a snapshot is the better base`);
       this.#builder.addHeal({
         dbSize: image.dbSize,
@@ -601,7 +601,7 @@ export class Replicator {
         const r = await restoreDatabase({ storage: primary.storage, output: tmp, target: { generation } });
         if (r.txid !== txid) return null;
         this.#log.info("rebuilt the page table from the replica", { db: this.db, generation, txid });
-        return tableFromImage(tmp, r.pageSize, r.pages, generation, txid);
+        return await tableFromImage(tmp, r.pageSize, r.pages, generation, txid);
       } finally {
         fs.rmSync(tmp, { force: true });
       }
