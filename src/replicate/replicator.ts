@@ -260,11 +260,12 @@ export class Replicator {
     for (const t of this.#targets) t.uploader.start();
     await this.#resumeOrBegin(remotes);
     for (const t of this.#targets) this.#prune(t);
-    this.#watch = watchDatabase(this.db, this.#pollInterval, () => {
-      // Pinned at the first sign of a -shm, not at the next round: a writer that
-      // opens the database fills 1,000 pages (SQLite's default checkpoint) and
-      // restarts the WAL within milliseconds, and a heal would follow.
-      if (!this.#stopping) this.#pinKeeper.ensurePinned();
+    this.#watch = watchDatabase(this.db, this.#pollInterval, (event) => {
+      // Pinned at the file event that may show a new -shm, not at the next round:
+      // a writer that opens the database fills 1,000 pages (SQLite's default
+      // checkpoint) and restarts the WAL within milliseconds, and a heal would
+      // follow. The timer's ticks leave it to the round, which tries anyway.
+      if (event && !this.#stopping) this.#pinKeeper.ensurePinned();
       this.#wake?.();
     });
     this.#loop = this.#run();

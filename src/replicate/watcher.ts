@@ -21,15 +21,18 @@ export interface Watch {
 /** One directory's watch and the callbacks of the files in it, by file name. */
 interface DirectoryWatch {
   watcher: fs.FSWatcher | null;
-  byName: Map<string, Set<() => void>>;
+  byName: Map<string, Set<(event: boolean) => void>>;
   /** Callbacks to wake on an event without a file name. */
-  all: Set<() => void>;
+  all: Set<(event: boolean) => void>;
 }
 
 const directories = new Map<string, DirectoryWatch>();
 
-/** Calls `onChange` on changes to `dbPath`, `-wal` or `-shm`, and every `pollMs` regardless. */
-export function watchDatabase(dbPath: string, pollMs: number, onChange: () => void): Watch {
+/**
+ * Calls `onChange(true)` on file events for `dbPath`, `-wal` or `-shm`, and
+ * `onChange(false)` every `pollMs` regardless.
+ */
+export function watchDatabase(dbPath: string, pollMs: number, onChange: (event: boolean) => void): Watch {
   const dir = path.dirname(path.resolve(dbPath));
   const base = path.basename(dbPath);
   const names = [base, `${base}-wal`, `${base}-shm`];
@@ -40,7 +43,7 @@ export function watchDatabase(dbPath: string, pollMs: number, onChange: () => vo
     set.add(onChange);
   }
   d.all.add(onChange);
-  const timer = setInterval(onChange, pollMs);
+  const timer = setInterval(() => onChange(false), pollMs);
   return {
     close() {
       clearInterval(timer);
@@ -65,11 +68,11 @@ function directoryWatch(dir: string): DirectoryWatch {
   try {
     d.watcher = fs.watch(dir, { persistent: false }, (_event, name) => {
       if (name === null || name === undefined) {
-        for (const f of d.all) f();
+        for (const f of d.all) f(true);
         return;
       }
       const set = d.byName.get(path.basename(String(name)));
-      if (set) for (const f of set) f();
+      if (set) for (const f of set) f(true);
     });
     d.watcher.on("error", () => {
       d.watcher?.close();
