@@ -52,9 +52,7 @@ export class PageTable {
 
   /** Records page `pgno` (1-based) as holding `page`. */
   set(pgno: number, page: Uint8Array): void {
-    this.#grow(pgno);
-    this.#hashes.set(pageHash(page), (pgno - 1) * ENTRY);
-    if (pgno > this.#count) this.#count = pgno;
+    this.setHash(pgno, pageHash(page));
   }
 
   /** Records page `pgno` as holding a page whose {@linkcode pageHash} is `hash`. */

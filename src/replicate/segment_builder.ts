@@ -23,7 +23,7 @@ import { PageChanges } from "./page_table_sync.ts";
 export const PIECE_BYTES = 4 << 20;
 
 /** Where a piece's records are joined for the compressor; shared, as pieces are compressed one at a time. */
-let scratch = new Uint8Array(2 * PIECE_BYTES);
+let scratch = new Uint8Array(0);
 
 /** A finished segment, ready for the cache. */
 export interface BuiltSegment {
@@ -183,14 +183,14 @@ export class SegmentBuilder {
   #compressRaw(): void {
     if (this.#rawBytes === 0) return;
     // Joined in one reused buffer: a fresh 4 MiB array per piece cost more than the copy.
-    if (this.#rawBytes > scratch.length) scratch = new Uint8Array(this.#rawBytes);
+    if (this.#rawBytes > scratch.length) scratch = new Uint8Array(Math.max(this.#rawBytes, 2 * PIECE_BYTES));
     let at = 0;
     for (const part of this.#raw) {
       scratch.set(part, at);
       at += part.length;
     }
     this.#pieces.push(zstdCompress(scratch.subarray(0, at)));
-    if (scratch.length > 2 * PIECE_BYTES) scratch = new Uint8Array(2 * PIECE_BYTES); // a big heal's buffer is not kept
+    if (scratch.length > 2 * PIECE_BYTES) scratch = new Uint8Array(0); // a big heal's buffer is not kept
     this.#raw = [];
     this.#rawBytes = 0;
   }
