@@ -96,20 +96,32 @@ def cmd_build(a) -> None:
     con.close()
 
 
-def cmd_heavy(a) -> None:
-    rng = random.Random(1)
-    payload = [[text(rng, a.size) for _ in range(a.rows)] for _ in range(a.tx)]
-    con = init(a.db)
+def run_timed(a, con, payload, write, interval_ms: float = 0) -> None:
+    """One transaction per payload item, `write(i, item)` inside it, each
+    commit's time recorded; paced at `interval_ms` when given, else as fast as
+    SQLite goes. Closes `con` and writes the result to `a.out`."""
     commits = []
     t0 = time.time()
-    for rows in payload:
+    for i, item in enumerate(payload):
+        if interval_ms:
+            due = t0 + i * interval_ms / 1000
+            now = time.time()
+            if due > now:
+                time.sleep(due - now)
         con.execute("BEGIN")
-        con.executemany("INSERT INTO t(body) VALUES (?)", [(r,) for r in rows])
+        write(i, item)
         con.execute("COMMIT")
         commits.append(time.time())
     elapsed = time.time() - t0
     con.close()
     write_out(a.out, commits, a.tx, elapsed)
+
+
+def cmd_heavy(a) -> None:
+    rng = random.Random(1)
+    payload = [[text(rng, a.size) for _ in range(a.rows)] for _ in range(a.tx)]
+    con = init(a.db)
+    run_timed(a, con, payload, lambda _i, rows: con.executemany("INSERT INTO t(body) VALUES (?)", [(r,) for r in rows]))
 
 
 def cmd_blobs(a) -> None:
@@ -117,16 +129,7 @@ def cmd_blobs(a) -> None:
     half = a.size // 2
     payload = [os.urandom(half) + text(rng, a.size - half).encode() for _ in range(a.tx)]
     con = init(a.db, blob=True)
-    commits = []
-    t0 = time.time()
-    for blob in payload:
-        con.execute("BEGIN")
-        con.execute("INSERT INTO t(body) VALUES (?)", (blob,))
-        con.execute("COMMIT")
-        commits.append(time.time())
-    elapsed = time.time() - t0
-    con.close()
-    write_out(a.out, commits, a.tx, elapsed)
+    run_timed(a, con, payload, lambda _i, blob: con.execute("INSERT INTO t(body) VALUES (?)", (blob,)))
 
 
 def cmd_paced(a) -> None:
@@ -134,23 +137,14 @@ def cmd_paced(a) -> None:
     payload = [text(rng, a.size) for _ in range(a.tx)]
     con = connect(a.db)
     n = con.execute("SELECT max(id) FROM t").fetchone()[0] or 0
-    commits = []
-    t0 = time.time()
-    for i, body in enumerate(payload):
-        due = t0 + i * a.interval_ms / 1000
-        now = time.time()
-        if due > now:
-            time.sleep(due - now)
-        con.execute("BEGIN")
+
+    def write(i, body):
         if n and i % 2 == 0:
             con.execute("UPDATE t SET body = ? WHERE id = ?", (body.encode(), rng.randint(1, n)))
         else:
             con.execute("INSERT INTO t(body) VALUES (?)", (body.encode(),))
-        con.execute("COMMIT")
-        commits.append(time.time())
-    elapsed = time.time() - t0
-    con.close()
-    write_out(a.out, commits, a.tx, elapsed)
+
+    run_timed(a, con, payload, write, a.interval_ms)
 
 
 def cmd_multi(a) -> None:
