@@ -43,6 +43,22 @@ print(json.dumps(list(con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
 con.close()
 `;
 
+/**
+ * A gated writer of 80 quick commits that closes its connection right after
+ * the last one, without a checkpoint of its own: the last connection's close
+ * then checkpoints and deletes the WAL unless something holds the database.
+ */
+function closingWriter(db: string): Promise<PythonWriter> {
+  return PythonWriter.start(db, {
+    seed: testSeed(),
+    maxTransactions: 80,
+    sleepMs: [0, 1],
+    finalCheckpoint: false,
+    closeAtEnd: true,
+    gate: true,
+  });
+}
+
 for (const backend of BACKENDS) {
   test(`${backend}: replicate waits for a database that does not exist yet, then replicates it`, () =>
     withTempDir("late-db", async (dir) => {
@@ -136,14 +152,7 @@ for (const backend of BACKENDS) {
       const replica = await freshReplica(backend, dir);
       const db = path.join(dir, "app.db");
       // The last commits and the close follow one another within microseconds.
-      const writer = await PythonWriter.start(db, {
-        seed: testSeed(),
-        maxTransactions: 80,
-        sleepMs: [0, 1],
-        finalCheckpoint: false,
-        closeAtEnd: true,
-        gate: true,
-      });
+      const writer = await closingWriter(db);
       const p = startReplicate(db, replica);
       try {
         await p.waitForLog(/^replicating$/);
@@ -185,14 +194,7 @@ for (const backend of BACKENDS) {
       const db = path.join(dir, "app.db");
       // The last commits, the close's checkpoint and the WAL's deletion follow
       // one another within microseconds: walship cannot have read them before.
-      const writer = await PythonWriter.start(db, {
-        seed: testSeed(),
-        maxTransactions: 80,
-        sleepMs: [0, 1],
-        finalCheckpoint: false,
-        closeAtEnd: true,
-        gate: true,
-      });
+      const writer = await closingWriter(db);
       const p = startReplicate(db, replica, { extra: ["--no-pin"] });
       try {
         await p.waitForLog(/^replicating$/);
