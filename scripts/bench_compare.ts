@@ -394,6 +394,8 @@ async function runTool(env: Env, tool: Tool, dir: string, plan: RunPlan, res: To
     res.cpuSec = usage.utime + usage.stime;
     res.rssMiB = usage.maxrss_kib / 1024;
     if (tool === "walship") res.heals = r.heals();
+    // The replicator's own log (its last 100-200 kB), kept beside the run for --keep.
+    fs.writeFileSync(path.join(dir, `${tool}.log`), r.log());
     if (usage.exit !== 0) res.error = `exit ${usage.exit}: ${r.log().slice(-2000)}`;
     const objects = allPrefixes();
     res.objects = objects.length;

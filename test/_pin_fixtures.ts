@@ -104,6 +104,10 @@ export interface StormOptions {
   stopOnBusy?: boolean;
   /** Pause after each commit, ms: [min, max]; default none (as fast as it can). */
   pauseMs?: [number, number];
+  /** Size of each inserted or updated blob, bytes: [min, max]; default [16, 600]. */
+  blobBytes?: [number, number];
+  /** `PRAGMA synchronous`; default SQLite's (FULL: an fsync per commit). */
+  synchronous?: "NORMAL" | "FULL";
 }
 
 /** One commit as the writer saw it. */
@@ -147,6 +151,8 @@ con = sqlite3.connect(spec["db"], isolation_level=None)
 con.execute("PRAGMA busy_timeout=%d" % spec.get("busyTimeout", 5000)).fetchall()
 assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
 con.execute("PRAGMA wal_autocheckpoint=%d" % spec.get("autocheckpoint", 10)).fetchall()
+if spec.get("synchronous"):
+    con.execute("PRAGMA synchronous=" + spec["synchronous"]).fetchall()
 con.execute("BEGIN IMMEDIATE")
 con.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v BLOB NOT NULL)")
 con.execute("CREATE TABLE IF NOT EXISTS log(seq INTEGER PRIMARY KEY, rows INTEGER NOT NULL)")
@@ -158,6 +164,7 @@ def timed_truncate(after):
     t0 = time.perf_counter()
     r = list(con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
     return {"after": after, "result": r, "ms": (time.perf_counter() - t0) * 1000}
+blob = spec.get("blobBytes", [16, 600])
 commits = []
 checkpoints = []
 restarts = 0
@@ -178,9 +185,9 @@ for k in range(1, spec["transactions"] + 1):
     r = rnd.random()
     if r < 0.6 or k < 10:
         for _ in range(rnd.randint(1, 3)):
-            con.execute("INSERT INTO t(k, v) VALUES (?, randomblob(?))", (k, rnd.randint(16, 600)))
+            con.execute("INSERT INTO t(k, v) VALUES (?, randomblob(?))", (k, rnd.randint(*blob)))
     elif r < 0.85:
-        con.execute("UPDATE t SET k = ?, v = randomblob(?) WHERE id IN (SELECT id FROM t ORDER BY random() LIMIT 2)", (k, rnd.randint(16, 600)))
+        con.execute("UPDATE t SET k = ?, v = randomblob(?) WHERE id IN (SELECT id FROM t ORDER BY random() LIMIT 2)", (k, rnd.randint(*blob)))
     else:
         con.execute("DELETE FROM t WHERE id IN (SELECT id FROM t ORDER BY random() LIMIT 1)")
     con.execute("INSERT INTO log VALUES (?, (SELECT count(*) FROM t))", (k,))

@@ -258,6 +258,25 @@ test("s3: pinned, a busy writer with no app checkpoint gets its WAL restarted pa
     assert.ok(storm.restarts >= 1, `the WAL restarted (it grew to ${frames} frames)`);
   }));
 
+test("s3: pinned, a saturated writer of ~64 KiB blobs with SQLite's default autocheckpoint misses no commit", () =>
+  withTempDir("pin-blobs", async (dir) => {
+    // Each commit is ~16 to 50 frames and the writer never pauses: a restart
+    // window opened while walship is behind, or watched only between long
+    // reads, lets the new WAL restart again (after its own 1,000 frames)
+    // before walship looks, and the commits in between are lost to a heal.
+    const storm = await pinnedStorm("s3", dir, {
+      transactions: 800,
+      truncateEvery: 0,
+      autocheckpoint: 1000,
+      busyTimeout: 5000,
+      blobBytes: [48 << 10, 64 << 10],
+      synchronous: "NORMAL",
+    });
+    const frames = Math.floor(storm.maxWalBytes / (4096 + 24));
+    if (process.env.WALSHIP_TEST_ECHO) console.error(`restarts ${storm.restarts}, largest WAL ${frames} frames`);
+    assert.ok(frames > 1000, `the WAL grew past 1,000 frames (${frames})`);
+  }));
+
 test("teardown: the shared S3 server stops", async () => {
   await closeSharedS3();
 });

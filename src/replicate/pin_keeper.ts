@@ -11,19 +11,24 @@
  * - for a waiting RESTART/TRUNCATE checkpointer (it holds the WRITE lock, so
  *   nothing new can be committed): once walship has read every committed
  *   frame and cached it; taken back once the checkpointer is done;
- * - for a restart window, once the WAL holds RESTART_AFTER_FRAMES frames and
- *   a segment has just been cut (so at most once per sync interval, and
- *   every transaction read is in the local cache): the app's next commit
- *   then backfills the whole WAL, the one after restarts it, and walship
- *   takes a slot back as soon as it sees the new epoch.
+ * - for a restart window, once the WAL holds RESTART_AFTER_FRAMES frames, a
+ *   segment has just been cut (so at most once per sync interval, and every
+ *   transaction read is in the local cache) and walship has read all but
+ *   RESTART_SLACK_FRAMES of the WAL: the app's next commit then backfills
+ *   the whole WAL, the one after restarts it, and walship takes a slot back
+ *   as soon as it sees the new epoch.
  *
  * Frames committed after walship's last read and before the restart are
  * still on disk past the new epoch's first frames: the follower reads that
- * old tail first. The new WAL can neither overwrite it nor restart again
- * before it holds as many frames as the old one did when the window opened
- * (at least RESTART_AFTER_FRAMES), which gives walship thousands of frames
- * of slack; if it ever fell that far behind, the commit ledger would say so
- * and walship would heal.
+ * old tail first, and the new WAL cannot overwrite it before it grows past
+ * walship's old position (at least RESTART_AFTER_FRAMES frames). Once the
+ * old WAL is fully backfilled, walship keeps backfill out, so the new WAL
+ * can restart once but not twice. A busy writer's new WAL, once
+ * backfilled, restarts again after its next ~1,000 frames, tens of
+ * milliseconds: so a let-go slot is looked at every LOOK_EVERY_MS and
+ * between the chunks of a long read, not only once per round. If walship
+ * ever missed a restart, the commit ledger would say so and it would heal.
+ * (docs/DECISIONS.md, "Restart windows".)
  *
  * @module
  */
@@ -35,14 +40,25 @@ import { errorMessage, WalshipError } from "../errors.ts";
 import type { Log } from "../log.ts";
 import { type FileLocks, loadFileLocks } from "../runtime.ts";
 import type { WalIndexHeader } from "../sqlite/wal_index.ts";
-import { setImmediate } from "node:timers";
+import { clearInterval, setImmediate, setInterval } from "node:timers";
 
 /** Open a restart window once the WAL holds this many frames (SQLite's own autocheckpoint default). */
 export const RESTART_AFTER_FRAMES = 1000;
+/** A restart window opens only with at most this many committed frames not read yet. */
+const RESTART_SLACK_FRAMES = 256;
+/** A WAL this large, not caught up with, is cut early once so that a window can open. */
+const CATCH_UP_FRAMES = 4 * RESTART_AFTER_FRAMES;
 /** How long a round stays with a restart window it opened, watching for the restart, ms. */
 const WINDOW_WAIT_MS = 20;
 /** How long a restart window stays open across rounds when no restart came (an idle or paced writer), ms. */
 const WINDOW_MAX_MS = 2000;
+/**
+ * How often a let-go slot is looked at while the rounds go on, ms. Once the
+ * old WAL is backfilled and restarted, a busy writer's new WAL can be
+ * backfilled and restart again after about 1,000 frames (its automatic
+ * checkpoint): tens of milliseconds for 64 KiB transactions.
+ */
+const LOOK_EVERY_MS = 1;
 /** Longest a waiting checkpointer is watched without yielding, ms. */
 const CHECKPOINT_SPIN_MS = 150;
 /** Longest wait for a checkpointer before taking the slot back anyway, ms. */
@@ -60,6 +76,8 @@ export interface PinRound {
   segmentDue: boolean;
   /** Puts every transaction read into the local cache. */
   flushAll: () => void;
+  /** Reads what was committed since, and puts it into the local cache. */
+  catchUp: () => Promise<void>;
 }
 
 /** The slot let go: why, and the WAL it was let go on. */
@@ -83,6 +101,12 @@ export class PinKeeper {
   #pin: WalPin | null = null;
   #letGo: LetGo | null = null;
   #saidExclusive = false;
+  /** Looks at a let-go slot every LOOK_EVERY_MS while one is let go. */
+  #looker: ReturnType<typeof setInterval> | null = null;
+  /** The WAL (salts and frames) a restart window was last let go on without a restart: not again until it changes. */
+  #noRestartOn = "";
+  /** Called when a look between rounds sees the WAL restart and takes the slot back: read again now. */
+  onRestart: () => void = () => {};
 
   private constructor(db: string, log: Log, locks: FileLocks | null, why: string) {
     this.#db = db;
@@ -189,10 +213,18 @@ export class PinKeeper {
       }
       return restarted;
     }
-    if (shm.mxFrame < RESTART_AFTER_FRAMES || !round.segmentDue) return false;
+    if (shm.mxFrame < RESTART_AFTER_FRAMES || !round.segmentDue || walKey(shm) === this.#noRestartOn) return false;
+    // Let go only with (nearly) every committed frame read: the frames not yet read must be read soon after
+    // the restart, before the new WAL reaches them. A WAL grown large gets one early cut to catch up.
+    let now: WalIndexHeader | null = shm;
+    if (behind(follower, now) > RESTART_SLACK_FRAMES && now.mxFrame >= CATCH_UP_FRAMES) {
+      await round.catchUp();
+      now = this.#readShm();
+    }
+    if (!now || behind(follower, now) > RESTART_SLACK_FRAMES) return false;
     // Everything read goes to the local cache before the slot is let go.
     round.flushAll();
-    this.#startLetGo("restart", shm);
+    this.#startLetGo("restart", now);
     // A busy writer restarts the WAL within a commit or two: watched closely, so the slot is back long
     // before the new WAL could reach the old one's unread tail, and without yielding until backfill
     // is kept out (until then the WAL could restart twice).
@@ -273,6 +305,20 @@ export class PinKeeper {
   #startLetGo(why: LetGo["why"], shm: WalIndexHeader): void {
     this.#pin!.letGo();
     this.#letGo = { why, salt1: shm.salt1, salt2: shm.salt2, frames: shm.mxFrame, iChange: shm.iChange, since: Date.now(), over: false };
+    this.#looker ??= setInterval(() => this.look(), LOOK_EVERY_MS);
+  }
+
+  /**
+   * One look at a let-go slot, between rounds or from the round's own long
+   * loops (a round that reads a large WAL does not yield for a while).
+   * Nothing when the slot is held.
+   */
+  look(): void {
+    if (this.#letGo && this.#pin && this.#watchLetGo(this.#readShm())) this.onRestart();
+    if (!this.#letGo && this.#looker) {
+      clearInterval(this.#looker);
+      this.#looker = null;
+    }
   }
 
   /**
@@ -307,6 +353,7 @@ export class PinKeeper {
     if (pin.slot === null) this.#log.debug("every read slot is busy; will pin again next round", { db: this.#db });
     pin.letBackfillIn();
     this.#letGo = null;
+    this.#noRestartOn = g.why === "restart" && !restarted && h ? walKey(h) : "";
     this.#log.debug(g.why === "restart" ? "pin let go so the WAL can restart" : "pin let go for a waiting checkpoint", {
       db: this.#db,
       frames: g.frames,
@@ -354,6 +401,7 @@ export class PinKeeper {
     this.#pin?.close();
     this.#pin = null;
     this.#letGo = null;
+    this.look(); // stops the looker
   }
 
   #tryOpen(): void {
@@ -367,4 +415,16 @@ export class PinKeeper {
       readMark: pin.marks,
     });
   }
+}
+
+/** How many committed frames of `shm`'s WAL the follower has not read (all of them in another epoch). */
+function behind(follower: WalFollower, shm: WalIndexHeader): number {
+  const pos = follower.position;
+  if (!pos || pos.salt1 !== shm.salt1 || pos.salt2 !== shm.salt2) return shm.mxFrame;
+  return shm.mxFrame - pos.frame;
+}
+
+/** Which WAL, and how far it goes: equal keys mean nothing was committed or restarted. */
+function walKey(h: WalIndexHeader): string {
+  return `${h.salt1}:${h.salt2}:${h.mxFrame}`;
 }

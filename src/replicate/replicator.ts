@@ -188,6 +188,8 @@ export class Replicator {
   #stopping = false;
   #loop: Promise<void> | null = null;
   #wake: (() => void) | null = null;
+  /** Set when the WAL restarted between rounds: the next round starts at once. */
+  #readNow = false;
   #listeners: Array<(e: ReplicatorEvent) => void> = [];
   #stats = { snapshots: 0, segments: 0, repairs: 0, heals: 0 };
   #pinEnabled: boolean;
@@ -239,6 +241,11 @@ export class Replicator {
     await this.#waitForDatabase();
     this.#pinKeeper = await PinKeeper.create(this.db, this.#pinEnabled, this.#log);
     await this.#pinKeeper.start();
+    // The WAL restarted in a let-go seen between rounds: read its old tail now.
+    this.#pinKeeper.onRestart = () => {
+      this.#readNow = true;
+      this.#wake?.();
+    };
     this.#cache = ObjectCache.open(this.#cacheDir, this.#storages.map((s) => s.location));
     const remotes = [];
     for (const storage of this.#storages) remotes.push(await this.#probeReplica(storage));
@@ -409,6 +416,10 @@ export class Replicator {
         this.#log.error(`replication step failed, will retry: ${errorMessage(err)}`, { db: this.db });
       }
       if (this.#stopping) break;
+      if (this.#readNow) {
+        this.#readNow = false;
+        continue;
+      }
       let waitMs = this.#builder.empty
         ? this.#pollInterval
         : Math.max(0, this.#lastFlush + this.#syncInterval - Date.now());
@@ -464,6 +475,7 @@ export class Replicator {
         again = await this.#pinKeeper.tick(this.#follower, {
           segmentDue: this.#builder.empty,
           flushAll: () => this.#flushSegment(),
+          catchUp: () => this.#roundPinned(true),
         });
       }
     }
@@ -489,6 +501,7 @@ export class Replicator {
       }
       this.#ingest(result);
       if (!result.more) break;
+      this.#pinKeeper.look();
       if (this.#builder.size >= 64 << 20) this.#flushSegment();
     }
     if (!this.#builder.empty && (force || Date.now() - this.#lastFlush >= this.#syncInterval)) {
