@@ -27,13 +27,15 @@ export function tempPathBeside(target: string): string {
 }
 
 /** Writes `data` to `target` durably and atomically (temp, fsync, rename, fsync dir). */
-export function writeFileDurable(target: string, data: Uint8Array): void {
+export function writeFileDurable(target: string, data: Uint8Array | Uint8Array[]): void {
   const tmp = tempPathBeside(target);
   try {
     const fd = fs.openSync(tmp, "w");
     try {
-      let done = 0;
-      while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done);
+      for (const part of Array.isArray(data) ? data : [data]) {
+        let done = 0;
+        while (done < part.length) done += fs.writeSync(fd, part, done, part.length - done);
+      }
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);

@@ -28,6 +28,7 @@ import { encodeWalHeader } from "../src/sqlite/wal.ts";
 import type { WalPosition } from "../src/sqlite/wal_scanner.ts";
 import { test } from "./_runtime.ts";
 import { commitFrame } from "./_wal_fixtures.ts";
+import { concatBytes } from "../src/bytes.ts";
 import { prng, withTempDir } from "./_util.ts";
 
 const PAGE = 512;
@@ -104,7 +105,7 @@ test("restores through heals: grows, chains on from the heal's position, shrinks
     const segments: SegmentMeta[] = [];
     const ship = async () => {
       const seg = builder.build(generation, PAGE);
-      await storage.put(segmentKey(generation, seg.meta), seg.bytes);
+      await storage.put(segmentKey(generation, seg.meta), concatBytes(seg.parts));
       segments.push(seg.meta);
       builder.commit();
     };

@@ -25,6 +25,7 @@ import { SegmentBuilder } from "../src/replicate/segment_builder.ts";
 import { writeSnapshotObject } from "../src/replicate/snapshot_object.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
 import { test } from "./_runtime.ts";
+import { concatBytes } from "../src/bytes.ts";
 import { prng, spawnWalship, withTempDir } from "./_util.ts";
 
 const KiB = 1024;
@@ -186,7 +187,7 @@ async function buildReplica(dir: string, storage: ReplicaStorage, pages: number)
   const builder = new SegmentBuilder(1, null, pages, false);
   builder.addHeal({ dbSize: pages, time: t0 + 1000, position: null, bigEndian: false, pages: [{ pgno: 2, page }] });
   const seg = builder.build(generation, PAGE);
-  await storage.put(segmentKey(generation, seg.meta), seg.bytes);
+  await storage.put(segmentKey(generation, seg.meta), concatBytes(seg.parts));
   builder.commit();
   image.set(page, PAGE);
   return image;

@@ -167,9 +167,10 @@ export class ObjectCache {
   }
 
   /** Makes `bytes` durable under its hash, then records it. */
-  addBytes(bytes: Uint8Array, entry: Omit<CachedObject, "seq" | "size">): CachedObject {
+  addBytes(bytes: Uint8Array | Uint8Array[], entry: Omit<CachedObject, "seq" | "size">): CachedObject {
     writeFileDurable(this.objectPath(entry.hash), bytes);
-    return this.#record({ ...entry, size: bytes.length });
+    const size = Array.isArray(bytes) ? bytes.reduce((n, p) => n + p.length, 0) : bytes.length;
+    return this.#record({ ...entry, size });
   }
 
   /** Moves an already-fsynced file in as the object `entry.hash`, then records it. */

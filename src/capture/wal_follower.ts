@@ -45,7 +45,7 @@ export interface FollowResult {
 
 /** Options for {@linkcode WalFollower}. */
 export interface FollowerOptions {
-  /** Most frame bytes one poll returns; default 64 MiB. */
+  /** Most frame bytes one poll returns; default 16 MiB. */
   maxBytes?: number;
   /** Clock, for tests. */
   now?: () => number;
@@ -76,7 +76,7 @@ export class WalFollower {
     this.walPath = `${dbPath}-wal`;
     this.shmPath = `${dbPath}-shm`;
     this.#position = position;
-    this.#maxBytes = options.maxBytes ?? 64 << 20;
+    this.#maxBytes = options.maxBytes ?? 16 << 20;
     this.#now = options.now ?? Date.now;
   }
 

@@ -95,11 +95,25 @@ export function encodePreamble(meta: ObjectMeta): Uint8Array {
 
 /** A whole object around an already-compressed payload (given whole or in parts), with its hash (hex). */
 export function encodeObject(meta: ObjectMeta, payload: Uint8Array | Uint8Array[]): { bytes: Uint8Array; hash: string } {
+  const { parts, hash } = encodeObjectParts(meta, payload);
+  return { bytes: concatBytes(parts), hash };
+}
+
+/**
+ * The same object as {@linkcode encodeObject}, left in parts (preamble,
+ * payload parts, trailer) for a writer that takes parts: a large segment is
+ * then never copied into one buffer.
+ */
+export function encodeObjectParts(
+  meta: ObjectMeta,
+  payload: Uint8Array | Uint8Array[],
+): { parts: Uint8Array[]; size: number; hash: string } {
   const parts = [encodePreamble(meta), ...(Array.isArray(payload) ? payload : [payload])];
   const hasher = createHash("sha256");
   for (const p of parts) hasher.update(p);
   const digest = hasher.digest();
-  return { bytes: concatBytes([...parts, digest]), hash: digest.toString("hex") };
+  parts.push(digest);
+  return { parts, size: parts.reduce((n, p) => n + p.length, 0), hash: digest.toString("hex") };
 }
 
 /**

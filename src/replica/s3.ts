@@ -26,6 +26,22 @@ import { emptyStats } from "./storage.ts";
 import type { ObjectInfo, PutBody, ReplicaStorage, StorageStats } from "./storage.ts";
 import type { S3ReplicaUrl } from "./url.ts";
 
+/** The buffer single puts read files into, while no put is using it. */
+let spareBuffer: Uint8Array | null = null;
+
+/** The shared buffer when it is free (grown to `size` if need be), else a fresh one. */
+function takeSpare(size: number): Uint8Array {
+  let buf = spareBuffer;
+  spareBuffer = null;
+  if (!buf || buf.length < size) buf = new Uint8Array(size);
+  return buf;
+}
+
+/** Gives a buffer from {@linkcode takeSpare} back; the larger one is kept. */
+function putBackSpare(buf: Uint8Array): void {
+  if (!spareBuffer || spareBuffer.length < buf.length) spareBuffer = buf;
+}
+
 /** Options for {@linkcode S3Storage}. */
 export interface S3StorageOptions {
   /** Credentials come from here (`AWS_ACCESS_KEY_ID`, ..., `AWS_PROFILE`); default `process.env`. */
@@ -104,18 +120,25 @@ export class S3Storage implements ReplicaStorage {
 
   async put(key: string, body: PutBody): Promise<void> {
     if (body instanceof Uint8Array || body.size <= SINGLE_PUT_LIMIT) {
-      const bytes = body instanceof Uint8Array
-        ? body
-        : await this.#readFile(key, body.path, body.size);
-      await this.#send("PUT", key, () =>
-        this.client.send(
-          new PutObjectCommand({
-            Bucket: this.#bucket,
-            Key: this.#root + key,
-            Body: bytes,
-            ContentLength: bytes.length,
-          }),
-        ));
+      // A file's bytes go through one buffer shared by every put (taken while in use): a fresh
+      // one per object left tens of MB of garbage behind a burst of uploads.
+      const spare = body instanceof Uint8Array ? null : takeSpare(body.size);
+      try {
+        const bytes = body instanceof Uint8Array
+          ? body
+          : await this.#readFile(key, body.path, spare!.subarray(0, body.size));
+        await this.#send("PUT", key, () =>
+          this.client.send(
+            new PutObjectCommand({
+              Bucket: this.#bucket,
+              Key: this.#root + key,
+              Body: bytes,
+              ContentLength: bytes.length,
+            }),
+          ));
+      } finally {
+        if (spare) putBackSpare(spare);
+      }
     } else {
       await this.#putMultipart(key, body.path, body.size);
     }
@@ -325,9 +348,8 @@ export class S3Storage implements ReplicaStorage {
     }
   }
 
-  /** Reads exactly `size` bytes of a local file for a single PutObject. */
-  async #readFile(key: string, path: string, size: number): Promise<Uint8Array> {
-    const buf = new Uint8Array(size);
+  /** Reads a local file into `buf`, exactly its length, for a single PutObject. */
+  async #readFile(key: string, path: string, buf: Uint8Array): Promise<Uint8Array> {
     try {
       const fh = await open(path, "r");
       try {

@@ -93,7 +93,7 @@ export function applyRecords(table: PageTable, records: Iterable<SegmentRecord>)
 }
 
 /** Copies of pages held before they are hashed; beyond this, they are hashed early to bound memory. */
-const CHANGES_HELD_BYTES = 32 << 20;
+const CHANGES_HELD_BYTES = 8 << 20;
 
 /**
  * What a run of transactions did to the pages, for the page table: only the
@@ -102,35 +102,56 @@ const CHANGES_HELD_BYTES = 32 << 20;
  * table as applying every frame in order: a shrink forgets what was written
  * above it, and {@linkcode applyTo} cuts the table at the lowest shrink before
  * it sets the pages written since.
+ *
+ * The copies live side by side in one buffer (grown up to
+ * CHANGES_HELD_BYTES, then hashed and reused), not one small buffer each.
  */
 export class PageChanges {
-  /** Copies of the last version of pages not hashed yet. */
-  #pages = new Map<number, Uint8Array>();
+  /** Where the copy of each page not hashed yet starts in #slab. */
+  #held = new Map<number, number>();
+  #slab: Uint8Array;
+  #used = 0;
+  #pageSize = 0;
   /** Hashes of pages whose copies were hashed early. */
   #hashes = new Map<number, Uint8Array>();
   #size: number;
   #lowestShrink = Infinity;
 
-  /** Starts from a state `dbSize` pages long. */
-  constructor(dbSize: number) {
+  /** Starts from a state `dbSize` pages long; `slab` is a buffer to reuse for the copies. */
+  constructor(dbSize: number, slab: Uint8Array = new Uint8Array(0)) {
     this.#size = dbSize;
+    this.#slab = slab;
+  }
+
+  /** Changes starting after these, `dbSize` pages long, reusing this one's buffer: this one is not used again. */
+  next(dbSize: number): PageChanges {
+    const slab = this.#slab;
+    this.#slab = new Uint8Array(0);
+    this.#held.clear();
+    return new PageChanges(dbSize, slab);
   }
 
   /** Page `pgno` now holds `page` (copied). */
   set(pgno: number, page: Uint8Array): void {
-    const held = this.#pages.get(pgno);
-    if (held) {
-      held.set(page);
+    const at = this.#held.get(pgno);
+    if (at !== undefined) {
+      this.#slab.set(page, at);
       return;
     }
-    if ((this.#pages.size + 1) * page.length > CHANGES_HELD_BYTES) this.#hashHeld();
-    this.#pages.set(pgno, page.slice());
+    this.#pageSize = page.length;
+    if (this.#used + page.length > this.#slab.length) {
+      if (this.#slab.length >= CHANGES_HELD_BYTES) this.#hashHeld();
+      else this.#grow(page.length);
+    }
+    this.#slab.set(page, this.#used);
+    this.#held.set(pgno, this.#used);
+    this.#used += page.length;
   }
 
   /** The database is now `pages` long. */
   resize(pages: number): void {
     if (pages < this.#size) {
-      for (const map of [this.#pages, this.#hashes]) {
+      for (const map of [this.#held, this.#hashes]) {
         for (const pgno of map.keys()) if (pgno > pages) map.delete(pgno);
       }
       this.#lowestShrink = Math.min(this.#lowestShrink, pages);
@@ -161,13 +182,21 @@ export class PageChanges {
   applyTo(table: PageTable): void {
     if (this.#lowestShrink < Infinity) table.truncate(this.#lowestShrink);
     for (const [pgno, hash] of this.#hashes) table.setHash(pgno, hash);
-    for (const [pgno, page] of this.#pages) table.set(pgno, page);
+    for (const [pgno, at] of this.#held) table.set(pgno, this.#slab.subarray(at, at + this.#pageSize));
     table.truncate(this.#size);
   }
 
+  #grow(pageSize: number): void {
+    const length = Math.min(CHANGES_HELD_BYTES, Math.max(2 * this.#slab.length, 64 * pageSize, this.#used + pageSize));
+    const slab = new Uint8Array(length);
+    slab.set(this.#slab.subarray(0, this.#used));
+    this.#slab = slab;
+  }
+
   #hashHeld(): void {
-    for (const [pgno, page] of this.#pages) this.#hashes.set(pgno, pageHash(page));
-    this.#pages.clear();
+    for (const [pgno, at] of this.#held) this.#hashes.set(pgno, pageHash(this.#slab.subarray(at, at + this.#pageSize)));
+    this.#held.clear();
+    this.#used = 0;
   }
 }
 

@@ -137,6 +137,12 @@ export type ReplicatorEvent =
 
 /** A heal holds the changed pages in memory; past this, a new generation's snapshot (streamed) is used. */
 const MAX_HEAL_BYTES = 256 << 20;
+/**
+ * A segment is cut early once it holds this many bytes of records: a burst
+ * of writes is uploaded while it is still being read (its commits are then
+ * restorable sooner), and what waits in memory stays bounded.
+ */
+const SEGMENT_CUT_BYTES = 16 << 20;
 
 /** What a replica held at start. */
 interface RemoteState {
@@ -502,7 +508,7 @@ export class Replicator {
       this.#ingest(result);
       if (!result.more) break;
       this.#pinKeeper.look();
-      if (this.#builder.size >= 64 << 20) this.#flushSegment();
+      if (this.#builder.size >= SEGMENT_CUT_BYTES) this.#flushSegment();
     }
     if (!this.#builder.empty && (force || Date.now() - this.#lastFlush >= this.#syncInterval)) {
       this.#flushSegment();
@@ -637,7 +643,7 @@ export class Replicator {
     // The next cut is due one sync interval after this one, not after this one's build and write.
     const cutAt = Date.now();
     const seg = this.#builder.build(this.#generation, this.#pageSize);
-    this.#cache.addBytes(seg.bytes, {
+    this.#cache.addBytes(seg.parts, {
       hash: seg.hash,
       key: segmentKey(this.#generation, seg.meta),
       kind: "segment",

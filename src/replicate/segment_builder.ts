@@ -13,7 +13,7 @@
  */
 
 import type { ObservedTransaction } from "../capture/wal_follower.ts";
-import { encodeObject, type SegmentMeta } from "../replica/object_format.ts";
+import { encodeObjectParts, type SegmentMeta } from "../replica/object_format.ts";
 import { encodeRecord, type SegmentRecord } from "../replica/segment.ts";
 import { zstdCompress } from "../replica/zstd.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
@@ -22,12 +22,11 @@ import { PageChanges } from "./page_table_sync.ts";
 /** Raw record bytes gathered before they are compressed into one piece. */
 export const PIECE_BYTES = 4 << 20;
 
-/** Where a piece's records are joined for the compressor; shared, as pieces are compressed one at a time. */
-let scratch = new Uint8Array(0);
 
-/** A finished segment, ready for the cache. */
+/** A finished segment, ready for the cache: the object in parts (joined, they are the object). */
 export interface BuiltSegment {
-  bytes: Uint8Array;
+  parts: Uint8Array[];
+  size: number;
   hash: string;
   meta: SegmentMeta;
 }
@@ -36,8 +35,12 @@ export interface BuiltSegment {
 export class SegmentBuilder {
   /** Records added; a segment is empty without any. */
   #records = 0;
-  /** Encoded record bytes not compressed yet. */
-  #raw: Uint8Array[] = [];
+  /**
+   * Encoded records not compressed yet, copied in as they are added (so no
+   * reference to the WAL's read buffers outlives add()); reused piece after
+   * piece.
+   */
+  #raw = new Uint8Array(0);
   #rawBytes = 0;
   /** Compressed pieces, in order. */
   #pieces: Uint8Array[] = [];
@@ -173,26 +176,28 @@ export class SegmentBuilder {
   #push(record: SegmentRecord): void {
     this.#records++;
     for (const part of encodeRecord(record)) {
-      this.#raw.push(part);
+      if (this.#rawBytes + part.length > this.#raw.length) this.#growRaw(part.length);
+      this.#raw.set(part, this.#rawBytes);
       this.#rawBytes += part.length;
       this.#bytes += part.length;
     }
     if (this.#rawBytes >= PIECE_BYTES) this.#compressRaw();
   }
 
+  /** Room for `more` bytes: doubling from 64 KiB up to a piece and a bit, more only for one large record. */
+  #growRaw(more: number): void {
+    const need = this.#rawBytes + more;
+    const raw = new Uint8Array(Math.max(need, Math.min(2 * this.#raw.length || 64 << 10, PIECE_BYTES + (1 << 20))));
+    raw.set(this.#raw.subarray(0, this.#rawBytes));
+    this.#raw = raw;
+  }
+
   #compressRaw(): void {
     if (this.#rawBytes === 0) return;
-    // Joined in one reused buffer: a fresh 4 MiB array per piece cost more than the copy.
-    if (this.#rawBytes > scratch.length) scratch = new Uint8Array(Math.max(this.#rawBytes, 2 * PIECE_BYTES));
-    let at = 0;
-    for (const part of this.#raw) {
-      scratch.set(part, at);
-      at += part.length;
-    }
-    this.#pieces.push(zstdCompress(scratch.subarray(0, at)));
-    if (scratch.length > 2 * PIECE_BYTES) scratch = new Uint8Array(0); // a big heal's buffer is not kept
-    this.#raw = [];
+    this.#pieces.push(zstdCompress(this.#raw.subarray(0, this.#rawBytes)));
     this.#rawBytes = 0;
+    // A large heal's buffer is not kept.
+    if (this.#raw.length > 2 * PIECE_BYTES) this.#raw = new Uint8Array(0);
   }
 
   /**
@@ -217,17 +222,15 @@ export class SegmentBuilder {
       bodySize: this.#bytes,
     };
     if (this.#pieces.length > 1) meta.pieces = this.#pieces.map((p) => p.length);
-    const { bytes, hash } = encodeObject(meta, this.#pieces);
-    return { bytes, hash, meta };
+    return { ...encodeObjectParts(meta, this.#pieces), meta };
   }
 
   /** Forgets the built records: the next segment starts where this one ended. */
   commit(): void {
     this.#records = 0;
-    this.#raw = [];
     this.#rawBytes = 0;
     this.#pieces = [];
-    this.#changes = new PageChanges(this.#dbSize);
+    this.#changes = this.#changes.next(this.#dbSize);
     this.#start = this.#end;
     this.#startBigEndian = this.#bigEndian;
     this.#firstTxid = 0;

@@ -37,6 +37,8 @@ export interface WalPosition {
 /** Reads bytes at an offset; returns how many were read (fewer at the end of the data). */
 export interface ByteSource {
   read(into: Uint8Array, offset: number, length: number): number;
+  /** Current size in bytes, when known: a collecting scan then allocates no more than is there. */
+  size?(): number;
 }
 
 /** A committed transaction found in the WAL. */
@@ -147,7 +149,10 @@ export function scanFrames(
 
   for (;;) {
     if (next > maxFrame) return finish("limit");
-    const want = Math.min(framesPerChunk, maxFrame - next + 1) * frameSize;
+    let frames = Math.min(framesPerChunk, maxFrame - next + 1);
+    // A collecting scan allocates each chunk: no bigger than what the file holds now (at least a frame).
+    if (collect && source.size) frames = Math.max(1, Math.min(frames, Math.floor((source.size() - frameOffset(next, pageSize)) / frameSize)));
+    const want = frames * frameSize;
     // A collecting scan keeps references into each chunk, so it needs fresh ones.
     const chunk: Uint8Array = collect || !reusable ? new Uint8Array(want) : reusable;
     if (!collect) reusable = chunk;
