@@ -138,11 +138,12 @@ export type ReplicatorEvent =
 /** A heal holds the changed pages in memory; past this, a new generation's snapshot (streamed) is used. */
 const MAX_HEAL_BYTES = 256 << 20;
 /**
- * A segment is cut early once it holds this many bytes of records: a burst
- * of writes is uploaded while it is still being read (its commits are then
- * restorable sooner), and what waits in memory stays bounded.
+ * A segment is cut before its interval ends only once it holds this many
+ * bytes of records: a bound on what waits in memory, kept high so that one
+ * PUT per sync interval stays the rule (DESIGN.md, "Storage and cost";
+ * docs/DECISIONS.md, "One upload per sync interval").
  */
-const SEGMENT_CUT_BYTES = 16 << 20;
+const SEGMENT_CUT_BYTES = 64 << 20;
 
 /** What a replica held at start. */
 interface RemoteState {
