@@ -77,6 +77,18 @@ test("a 'P' record encodes and decodes exactly: pages, db size, position or none
   for (const cut of [1, 10, 37, 38 + 3, 38 + 4 + PAGE - 1, 38 + 2 * (4 + PAGE) - 1]) {
     assert.throws(() => [...decodeSegmentBody(body.subarray(0, cut), PAGE, "cut")], isCorrupt, `cut at ${cut}`);
   }
+
+  // In parts (as pieces decompress), split anywhere, even inside a field or a page: the same records;
+  // and parts that stop inside a record are CORRUPT.
+  const r = prng(11);
+  for (let k = 0; k < 200; k++) {
+    const cuts = [...new Set([0, body.length, ...Array.from({ length: 1 + (r() % 4) }, () => r() % body.length)])]
+      .sort((a, b) => a - b);
+    const parts = cuts.slice(1).map((c, i) => body.subarray(cuts[i], c));
+    assert.deepStrictEqual([...decodeSegmentBody(parts, PAGE, "parts")], records, `split at ${cuts.join(",")}`);
+    const short = parts.slice(0, -1).concat(parts.at(-1)!.subarray(0, Math.max(0, parts.at(-1)!.length - 1 - (r() % 30))));
+    assert.throws(() => [...decodeSegmentBody(short, PAGE, "cut")], isCorrupt, `parts ${cuts.join(",")}, cut short`);
+  }
 });
 
 /** An image of `pages` pages, as a copy. */

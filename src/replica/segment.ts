@@ -99,79 +99,133 @@ export function encodeRecord(r: SegmentRecord): Uint8Array[] {
  * `bodySize` bytes.
  */
 export function decompressSegmentPayload(meta: SegmentMeta, payload: Uint8Array, what: string): Uint8Array {
-  let body: Uint8Array;
+  return concatBytes(decompressSegmentParts(meta, payload, what));
+}
+
+/**
+ * The same body as {@linkcode decompressSegmentPayload}, left in parts (one
+ * per piece), for {@linkcode decodeSegmentBody}: a large segment is then
+ * never copied into one buffer.
+ */
+export function decompressSegmentParts(meta: SegmentMeta, payload: Uint8Array, what: string): Uint8Array[] {
+  const parts: Uint8Array[] = [];
   try {
-    if (!meta.pieces) body = zstdDecompress(payload);
+    if (!meta.pieces) parts.push(zstdDecompress(payload));
     else {
       const total = meta.pieces.reduce((n, p) => n + p, 0);
       if (total !== payload.length) {
         throw new WalshipError("CORRUPT", `${what}: its pieces add up to ${total} bytes, the payload is ${payload.length}`);
       }
-      const out: Uint8Array[] = [];
       let at = 0;
       for (const size of meta.pieces) {
-        out.push(zstdDecompress(payload.subarray(at, at + size)));
+        parts.push(zstdDecompress(payload.subarray(at, at + size)));
         at += size;
       }
-      body = concatBytes(out);
     }
   } catch (err) {
     if (err instanceof WalshipError) throw err;
     throw new WalshipError("CORRUPT", `${what} has a payload that does not decompress`, { cause: err });
   }
-  if (body.length !== meta.bodySize) {
-    throw new WalshipError("CORRUPT", `${what}: payload is ${body.length} bytes, expected ${meta.bodySize}`);
+  const length = parts.reduce((n, p) => n + p.length, 0);
+  if (length !== meta.bodySize) {
+    throw new WalshipError("CORRUPT", `${what}: payload is ${length} bytes, expected ${meta.bodySize}`);
   }
-  return body;
+  return parts;
 }
 
-/** Reads the records of a segment payload; throws CORRUPT on malformed bytes. */
-export function* decodeSegmentBody(body: Uint8Array, pageSize: number, what: string): Generator<SegmentRecord> {
-  const v = new DataView(body.buffer, body.byteOffset, body.length);
+/**
+ * Reads the records of a segment body, whole or in parts (a record may
+ * span two parts); throws CORRUPT on malformed bytes. Records point into
+ * the body where they lie within one part.
+ */
+export function* decodeSegmentBody(body: Uint8Array | Uint8Array[], pageSize: number, what: string): Generator<SegmentRecord> {
+  const cursor = new PartsCursor(Array.isArray(body) ? body : [body]);
   const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;
-  let at = 0;
-  while (at < body.length) {
-    const tag = body[at++];
+  const truncated = () => new WalshipError("CORRUPT", `${what} ends inside a record`);
+  const take = (n: number): Uint8Array => {
+    const bytes = cursor.take(n);
+    if (!bytes) throw truncated();
+    return bytes;
+  };
+  const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.length);
+  while (!cursor.done) {
+    const tag = take(1)[0];
     if (tag === TAG_HEADER) {
-      if (at + WAL_HEADER_SIZE > body.length) throw truncated();
-      yield { tag: "header", header: body.subarray(at, at + WAL_HEADER_SIZE) };
-      at += WAL_HEADER_SIZE;
+      yield { tag: "header", header: take(WAL_HEADER_SIZE) };
     } else if (tag === TAG_TRANSACTION) {
-      if (at + TX_FIELDS > body.length) throw truncated();
-      const firstFrame = v.getUint32(at);
-      const frameCount = v.getUint32(at + 4);
-      const time = v.getFloat64(at + 8);
-      at += TX_FIELDS;
-      const length = frameCount * frameSize;
-      if (frameCount === 0 || at + length > body.length) throw truncated();
-      yield { tag: "transaction", firstFrame, frameCount, time, frames: body.subarray(at, at + length) };
-      at += length;
+      const v = view(take(TX_FIELDS));
+      const frameCount = v.getUint32(4);
+      if (frameCount === 0) throw truncated(); // a transaction without frames: malformed
+      const frames = take(frameCount * frameSize);
+      yield { tag: "transaction", firstFrame: v.getUint32(0), frameCount, time: v.getFloat64(8), frames };
     } else if (tag === TAG_HEAL) {
-      if (at + HEAL_FIELDS > body.length) throw truncated();
-      const count = v.getUint32(at + 12);
-      const flags = body[at + 16];
-      const f = (i: number) => v.getUint32(at + 17 + 4 * i);
+      const v = view(take(HEAL_FIELDS));
+      const count = v.getUint32(12);
+      const flags = v.getUint8(16);
+      const f = (i: number) => v.getUint32(17 + 4 * i);
       const rec: SegmentRecord = {
         tag: "heal",
-        dbSize: v.getUint32(at),
-        time: v.getFloat64(at + 4),
+        dbSize: v.getUint32(0),
+        time: v.getFloat64(4),
         position: flags & 1 ? { salt1: f(0), salt2: f(1), frame: f(2), checksum1: f(3), checksum2: f(4) } : null,
         bigEndian: (flags & 2) !== 0,
         pages: [],
       };
-      at += HEAL_FIELDS;
-      if (at + count * (4 + pageSize) > body.length) throw truncated();
+      if (cursor.left < count * (4 + pageSize)) throw truncated();
       for (let i = 0; i < count; i++) {
-        rec.pages.push({ pgno: v.getUint32(at), page: body.subarray(at + 4, at + 4 + pageSize) });
-        at += 4 + pageSize;
+        const pgno = view(take(4)).getUint32(0);
+        rec.pages.push({ pgno, page: take(pageSize) });
       }
       yield rec;
     } else {
       throw new WalshipError("CORRUPT", `${what} has an unknown record tag ${tag}`);
     }
   }
+}
 
-  function truncated(): WalshipError {
-    return new WalshipError("CORRUPT", `${what} ends inside a record`);
+/** Reads a body given in parts in order: a view where a run lies within one part, a copy across two. */
+class PartsCursor {
+  readonly #parts: Uint8Array[];
+  #i = 0;
+  #at = 0;
+  /** Bytes not read yet. */
+  left: number;
+
+  constructor(parts: Uint8Array[]) {
+    this.#parts = parts.filter((p) => p.length > 0);
+    this.left = this.#parts.reduce((n, p) => n + p.length, 0);
+  }
+
+  get done(): boolean {
+    return this.left === 0;
+  }
+
+  /** The next `n` bytes, or null when fewer are left. */
+  take(n: number): Uint8Array | null {
+    if (n > this.left) return null;
+    this.left -= n;
+    const part = this.#parts[this.#i];
+    if (this.#at + n <= part.length) {
+      const out = part.subarray(this.#at, this.#at + n);
+      this.#step(n);
+      return out;
+    }
+    const out = new Uint8Array(n);
+    for (let got = 0; got < n;) {
+      const p = this.#parts[this.#i];
+      const k = Math.min(n - got, p.length - this.#at);
+      out.set(p.subarray(this.#at, this.#at + k), got);
+      got += k;
+      this.#step(k);
+    }
+    return out;
+  }
+
+  #step(n: number): void {
+    this.#at += n;
+    if (this.#at === this.#parts[this.#i].length) {
+      this.#i++;
+      this.#at = 0;
+    }
   }
 }

@@ -13,7 +13,7 @@ import { WalshipError } from "../errors.ts";
 import { PageTable, pageHash } from "../cache/page_table.ts";
 import type { CachedObject, ObjectCache } from "../cache/object_cache.ts";
 import { decodeObject } from "../replica/object_format.ts";
-import { decodeSegmentBody, decompressSegmentPayload, type SegmentRecord } from "../replica/segment.ts";
+import { decodeSegmentBody, decompressSegmentParts, type SegmentRecord } from "../replica/segment.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { parseObjectKey } from "../replica/layout.ts";
 import { listGeneration } from "../restore/plan.ts";
@@ -229,7 +229,7 @@ export async function replayTable(
     const bytes = (local && readIfPresent(cache.objectPath(local.hash))) || await storage.get(key);
     const { meta, payload } = decodeObject(bytes, key);
     if (meta.kind !== "segment") return null;
-    applyRecords(table, decodeSegmentBody(decompressSegmentPayload(meta, payload, key), table.pageSize, key));
+    applyRecords(table, decodeSegmentBody(decompressSegmentParts(meta, payload, key), table.pageSize, key));
     table.txid = range.last;
   }
   return table.txid === txid ? table : null;

@@ -40,7 +40,7 @@ export function applySegment(
   fd: number,
   state: ApplyState,
   meta: SegmentMeta,
-  body: Uint8Array,
+  body: Uint8Array | Uint8Array[],
   limit: ApplyLimit,
   what: string,
 ): boolean {
@@ -48,12 +48,15 @@ export function applySegment(
   if (meta.pageSize !== state.pageSize) throw corrupt(`page size ${meta.pageSize}, expected ${state.pageSize}`);
   if (meta.firstTxid !== state.txid + 1) throw corrupt(`starts at txid ${meta.firstTxid}, expected ${state.txid + 1}`);
   if (!samePosition(meta.start, state.position)) throw corrupt("does not start where the previous object ended");
-  if (body.length !== meta.bodySize) throw corrupt(`payload is ${body.length} bytes, expected ${meta.bodySize}`);
+  const bodySize = Array.isArray(body) ? body.reduce((n, p) => n + p.length, 0) : body.length;
+  if (bodySize !== meta.bodySize) throw corrupt(`payload is ${bodySize} bytes, expected ${meta.bodySize}`);
   const pageSize = state.pageSize;
   const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;
   let bigEndian = meta.bigEndian;
   let pos = state.position;
   const sum = new Uint32Array(2);
+  // Pages are written when the segment is done or stops at the limit (an error discards the output).
+  const pages = new LastVersions(fd, pageSize);
   for (const rec of decodeSegmentBody(body, pageSize, what)) {
     if (rec.tag === "header") {
       const h = parseWalHeader(rec.header);
@@ -62,14 +65,16 @@ export function applySegment(
       bigEndian = h.bigEndian;
       continue;
     }
-    if (limit.txid !== null && state.txid >= limit.txid) return true;
-    if (limit.timestamp !== null && rec.time > limit.timestamp) return true;
+    if ((limit.txid !== null && state.txid >= limit.txid) || (limit.timestamp !== null && rec.time > limit.timestamp)) {
+      pages.flush();
+      return true;
+    }
     if (rec.tag === "heal") {
       // A heal carries whole pages, not frames: nothing to chain; it says
       // where the WAL stood when the pages were read, and the chain goes on from there.
       for (const { pgno, page } of rec.pages) {
         if (pgno === 0 || page.length !== pageSize) throw corrupt("a heal record is malformed");
-        fs.writeSync(fd, page, 0, pageSize, (pgno - 1) * pageSize);
+        pages.set(pgno, page);
       }
       pos = rec.position;
       bigEndian = rec.bigEndian;
@@ -101,7 +106,7 @@ export function applySegment(
       if ((commitSize !== 0) !== (i === rec.frameCount - 1) || pageNumber === 0) {
         throw corrupt(`transaction at frame ${rec.firstFrame} is malformed`);
       }
-      fs.writeSync(fd, rec.frames, off + WAL_FRAME_HEADER_SIZE, pageSize, (pageNumber - 1) * pageSize);
+      pages.set(pageNumber, rec.frames.subarray(off + WAL_FRAME_HEADER_SIZE, off + frameSize));
     }
     pos = {
       salt1: pos.salt1,
@@ -116,11 +121,61 @@ export function applySegment(
     state.txid++;
     state.time = rec.time;
   }
+  pages.flush();
   if (state.txid !== meta.lastTxid) throw corrupt(`ends at txid ${state.txid}, its name says ${meta.lastTxid}`);
   if (!samePosition(pos, meta.end)) throw corrupt("ends at another WAL position than it records");
   state.position = pos;
   state.bigEndian = bigEndian;
   return limit.txid !== null && state.txid >= limit.txid;
+}
+
+/**
+ * The last version of each page a segment wrote, written once the segment
+ * is applied (or stops at its limit): a page rewritten by many of its
+ * transactions is written once, and consecutive pages go in one writev.
+ * Every frame is still verified as it comes.
+ */
+class LastVersions {
+  #pages = new Map<number, Uint8Array>();
+  readonly #fd: number;
+  readonly #pageSize: number;
+
+  constructor(fd: number, pageSize: number) {
+    this.#fd = fd;
+    this.#pageSize = pageSize;
+  }
+
+  set(pgno: number, page: Uint8Array): void {
+    this.#pages.set(pgno, page);
+  }
+
+  flush(): void {
+    const pgnos = [...this.#pages.keys()].sort((a, b) => a - b);
+    for (let i = 0; i < pgnos.length;) {
+      let j = i + 1;
+      while (j < pgnos.length && pgnos[j] === pgnos[j - 1] + 1 && j - i < MAX_IOV) j++;
+      writeRun(this.#fd, pgnos.slice(i, j).map((p) => this.#pages.get(p)!), (pgnos[i] - 1) * this.#pageSize);
+      i = j;
+    }
+    this.#pages.clear();
+  }
+}
+
+/** Buffers per writev (Linux's IOV_MAX). */
+const MAX_IOV = 1024;
+
+/** Writes `buffers` one after another at `position`, finishing a short writev one buffer at a time. */
+function writeRun(fd: number, buffers: Uint8Array[], position: number): void {
+  let written = buffers.length === 1
+    ? fs.writeSync(fd, buffers[0], 0, buffers[0].length, position)
+    : fs.writevSync(fd, buffers, position);
+  let at = position;
+  for (const b of buffers) {
+    let done = Math.min(written, b.length);
+    written -= done;
+    while (done < b.length) done += fs.writeSync(fd, b, done, b.length - done, at + done);
+    at += b.length;
+  }
 }
 
 function samePosition(a: WalPosition | null, b: WalPosition | null): boolean {

@@ -17,7 +17,7 @@ import { WalshipError } from "../errors.ts";
 import { type Log, silentLog } from "../log.ts";
 import { decodeObject, type SegmentMeta } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
-import { decompressSegmentPayload } from "../replica/segment.ts";
+import { decompressSegmentParts } from "../replica/segment.ts";
 import { createZstdDecompressStream } from "../replica/zstd.ts";
 import { type ApplyState, applySegment } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
@@ -237,7 +237,7 @@ async function applySegments(
         meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid) {
       throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
     }
-    const body = decompressSegmentPayload(meta, payload, what);
+    const body = decompressSegmentParts(meta, payload, what);
     const done = applySegment(fd, state, meta, body, plan, what);
     if (done) return;
   }
