@@ -240,42 +240,51 @@ for (const backend of BACKENDS) {
     }));
 }
 
-test("s3: pinned, a busy writer with no app checkpoint gets its WAL restarted past 1,000 frames, and no commit is missed", () =>
-  withTempDir("pin-restart", async (dir) => {
+/** The largest the storm's WAL got, in frames of 4 KiB pages (said with WALSHIP_TEST_ECHO, with its restarts). */
+function largestWal(storm: StormResult): number {
+  const frames = Math.floor(storm.maxWalBytes / (4096 + 24));
+  if (process.env.WALSHIP_TEST_ECHO) console.error(`restarts ${storm.restarts}, largest WAL ${frames} frames`);
+  return frames;
+}
+
+/** Pinned storms with no app checkpoint: only walship's restart windows keep the WAL from growing. */
+const restartCases: Array<{ name: string; dir: string; options: Omit<StormOptions, "seed">; check: (storm: StormResult, frames: number) => void }> = [
+  {
     // Autocheckpoints backfill the WAL every few commits, but only a restart
     // empties it: walship lets its slot go for one once the WAL holds 1,000
     // frames (in a pause between commits), and no second restart may
     // overwrite the new WAL before walship has its slot back.
-    const storm = await pinnedStorm("s3", dir, {
-      transactions: 1500,
-      truncateEvery: 0,
-      autocheckpoint: 10,
-      busyTimeout: 5000,
-      pauseMs: [0.5, 2],
-    });
-    const frames = Math.floor(storm.maxWalBytes / (4096 + 24));
-    if (process.env.WALSHIP_TEST_ECHO) console.error(`restarts ${storm.restarts}, largest WAL ${frames} frames`);
-    assert.ok(storm.restarts >= 1, `the WAL restarted (it grew to ${frames} frames)`);
-  }));
-
-test("s3: pinned, a saturated writer of ~64 KiB blobs with SQLite's default autocheckpoint misses no commit", () =>
-  withTempDir("pin-blobs", async (dir) => {
+    name: "s3: pinned, a busy writer with no app checkpoint gets its WAL restarted past 1,000 frames, and no commit is missed",
+    dir: "pin-restart",
+    options: { transactions: 1500, truncateEvery: 0, autocheckpoint: 10, busyTimeout: 5000, pauseMs: [0.5, 2] },
+    check: (storm, frames) => assert.ok(storm.restarts >= 1, `the WAL restarted (it grew to ${frames} frames)`),
+  },
+  {
     // Each commit is ~16 to 50 frames and the writer never pauses: a restart
     // window opened while walship is behind, or watched only between long
     // reads, lets the new WAL restart again (after its own 1,000 frames)
     // before walship looks, and the commits in between are lost to a heal.
-    const storm = await pinnedStorm("s3", dir, {
+    name: "s3: pinned, a saturated writer of ~64 KiB blobs with SQLite's default autocheckpoint misses no commit",
+    dir: "pin-blobs",
+    options: {
       transactions: 800,
       truncateEvery: 0,
       autocheckpoint: 1000,
       busyTimeout: 5000,
       blobBytes: [48 << 10, 64 << 10],
       synchronous: "NORMAL",
-    });
-    const frames = Math.floor(storm.maxWalBytes / (4096 + 24));
-    if (process.env.WALSHIP_TEST_ECHO) console.error(`restarts ${storm.restarts}, largest WAL ${frames} frames`);
-    assert.ok(frames > 1000, `the WAL grew past 1,000 frames (${frames})`);
-  }));
+    },
+    check: (_storm, frames) => assert.ok(frames > 1000, `the WAL grew past 1,000 frames (${frames})`),
+  },
+];
+
+for (const c of restartCases) {
+  test(c.name, () =>
+    withTempDir(c.dir, async (dir) => {
+      const storm = await pinnedStorm("s3", dir, c.options);
+      c.check(storm, largestWal(storm));
+    }));
+}
 
 test("teardown: the shared S3 server stops", async () => {
   await closeSharedS3();

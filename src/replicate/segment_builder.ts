@@ -22,7 +22,6 @@ import { PageChanges } from "./page_table_sync.ts";
 /** Raw record bytes gathered before they are compressed into one piece. */
 export const PIECE_BYTES = 4 << 20;
 
-
 /** A finished segment, ready for the cache: the object in parts (joined, they are the object). */
 export interface BuiltSegment {
   parts: Uint8Array[];
