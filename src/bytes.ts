@@ -28,3 +28,11 @@ export function concatBytes(parts: Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+/** How many bytes `data` holds, whole or in parts. */
+export function byteLength(data: Uint8Array | readonly Uint8Array[]): number {
+  if (!Array.isArray(data)) return (data as Uint8Array).length;
+  let n = 0;
+  for (const p of data) n += p.length;
+  return n;
+}

@@ -25,7 +25,7 @@ import { WalshipError } from "../src/errors.ts";
 import { newGenerationId, segmentKey, snapshotKey } from "../src/replica/layout.ts";
 import { decodeObject, encodeObject, HASH_SIZE, type SegmentMeta } from "../src/replica/object_format.ts";
 import { openReplica } from "../src/replica/open_replica.ts";
-import { decompressSegmentPayload, encodeSegmentBody, type SegmentRecord } from "../src/replica/segment.ts";
+import { decompressSegmentParts, encodeSegmentBody, type SegmentRecord } from "../src/replica/segment.ts";
 import { PageChanges } from "../src/replicate/page_table_sync.ts";
 import { Replicator } from "../src/replicate/replicator.ts";
 import { PIECE_BYTES, SegmentBuilder } from "../src/replicate/segment_builder.ts";
@@ -104,7 +104,7 @@ test("pieces: a segment of more than 4 MiB is format 2, its body is its records,
     assert.ok((seg.meta.pieces?.length ?? 0) >= 3, `pieces: ${JSON.stringify(seg.meta.pieces)}`);
     const { meta, payload } = decodeObject(segBytes, "segment");
     assert.equal((meta as SegmentMeta).pieces?.length, seg.meta.pieces!.length, "the pieces travel in the metadata");
-    const body = decompressSegmentPayload(meta as SegmentMeta, payload, "segment");
+    const body = concatBytes(decompressSegmentParts(meta as SegmentMeta, payload, "segment"));
     assert.ok(Buffer.from(body).equals(encodeSegmentBody(records)), "the pieces join into exactly the records' encoding");
     assert.deepEqual([seg.meta.firstTxid, seg.meta.lastTxid], [2, count + 1]);
     await storage.put(segmentKey(generation, seg.meta), segBytes);

@@ -17,6 +17,7 @@
  * @module
  */
 
+import { byteLength } from "../bytes.ts";
 import fs from "node:fs";
 import path from "node:path";
 import { ioError } from "../capture/file_source.ts";
@@ -169,8 +170,7 @@ export class ObjectCache {
   /** Makes `bytes` durable under its hash, then records it. */
   addBytes(bytes: Uint8Array | Uint8Array[], entry: Omit<CachedObject, "seq" | "size">): CachedObject {
     writeFileDurable(this.objectPath(entry.hash), bytes);
-    const size = Array.isArray(bytes) ? bytes.reduce((n, p) => n + p.length, 0) : bytes.length;
-    return this.#record({ ...entry, size });
+    return this.#record({ ...entry, size: byteLength(bytes) });
   }
 
   /** Moves an already-fsynced file in as the object `entry.hash`, then records it. */

@@ -17,7 +17,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { concatBytes } from "../bytes.ts";
+import { byteLength, concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
@@ -113,7 +113,7 @@ export function encodeObjectParts(
   for (const p of parts) hasher.update(p);
   const digest = hasher.digest();
   parts.push(digest);
-  return { parts, size: parts.reduce((n, p) => n + p.length, 0), hash: digest.toString("hex") };
+  return { parts, size: byteLength(parts), hash: digest.toString("hex") };
 }
 
 /**

@@ -21,7 +21,7 @@
  * @module
  */
 
-import { concatBytes } from "../bytes.ts";
+import { byteLength, concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { SegmentMeta } from "./object_format.ts";
 import { zstdDecompress } from "./zstd.ts";
@@ -93,19 +93,11 @@ export function encodeRecord(r: SegmentRecord): Uint8Array[] {
 }
 
 /**
- * A segment's payload decompressed: one zstd frame, or, when the metadata
- * lists `pieces` (format 2), one zstd frame per piece, joined. Throws
- * CORRUPT when the pieces do not add up to the payload or the body is not
- * `bodySize` bytes.
- */
-export function decompressSegmentPayload(meta: SegmentMeta, payload: Uint8Array, what: string): Uint8Array {
-  return concatBytes(decompressSegmentParts(meta, payload, what));
-}
-
-/**
- * The same body as {@linkcode decompressSegmentPayload}, left in parts (one
- * per piece), for {@linkcode decodeSegmentBody}: a large segment is then
- * never copied into one buffer.
+ * A segment's payload decompressed, in parts: one zstd frame, or, when the
+ * metadata lists `pieces` (format 2), one part per piece, for
+ * {@linkcode decodeSegmentBody} (a large segment is never copied into one
+ * buffer). Throws CORRUPT when the pieces do not add up to the payload or
+ * the body is not `bodySize` bytes.
  */
 export function decompressSegmentParts(meta: SegmentMeta, payload: Uint8Array, what: string): Uint8Array[] {
   const parts: Uint8Array[] = [];
@@ -126,7 +118,7 @@ export function decompressSegmentParts(meta: SegmentMeta, payload: Uint8Array, w
     if (err instanceof WalshipError) throw err;
     throw new WalshipError("CORRUPT", `${what} has a payload that does not decompress`, { cause: err });
   }
-  const length = parts.reduce((n, p) => n + p.length, 0);
+  const length = byteLength(parts);
   if (length !== meta.bodySize) {
     throw new WalshipError("CORRUPT", `${what}: payload is ${length} bytes, expected ${meta.bodySize}`);
   }
@@ -193,7 +185,7 @@ class PartsCursor {
 
   constructor(parts: Uint8Array[]) {
     this.#parts = parts.filter((p) => p.length > 0);
-    this.left = this.#parts.reduce((n, p) => n + p.length, 0);
+    this.left = byteLength(this.#parts);
   }
 
   get done(): boolean {

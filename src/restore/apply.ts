@@ -8,6 +8,7 @@
  * @module
  */
 
+import { byteLength } from "../bytes.ts";
 import fs from "node:fs";
 import { WalshipError } from "../errors.ts";
 import type { SegmentMeta } from "../replica/object_format.ts";
@@ -48,7 +49,7 @@ export function applySegment(
   if (meta.pageSize !== state.pageSize) throw corrupt(`page size ${meta.pageSize}, expected ${state.pageSize}`);
   if (meta.firstTxid !== state.txid + 1) throw corrupt(`starts at txid ${meta.firstTxid}, expected ${state.txid + 1}`);
   if (!samePosition(meta.start, state.position)) throw corrupt("does not start where the previous object ended");
-  const bodySize = Array.isArray(body) ? body.reduce((n, p) => n + p.length, 0) : body.length;
+  const bodySize = byteLength(body);
   if (bodySize !== meta.bodySize) throw corrupt(`payload is ${bodySize} bytes, expected ${meta.bodySize}`);
   const pageSize = state.pageSize;
   const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;

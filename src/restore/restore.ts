@@ -15,7 +15,7 @@ import { ioError } from "../capture/file_source.ts";
 import { fsyncDir, tempPathBeside } from "../durable.ts";
 import { WalshipError } from "../errors.ts";
 import { type Log, silentLog } from "../log.ts";
-import { decodeObject, type SegmentMeta } from "../replica/object_format.ts";
+import { decodeObject } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { decompressSegmentParts } from "../replica/segment.ts";
 import { createZstdDecompressStream } from "../replica/zstd.ts";
