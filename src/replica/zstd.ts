@@ -26,14 +26,22 @@ export function zstdDecompress(data: Uint8Array): Uint8Array {
   return hasNativeZstd ? zlib.zstdDecompressSync(data) : fzstdDecompress(data);
 }
 
+/**
+ * Output chunk size of the streaming coders: 1 MiB, not zlib's 16 KiB. Each
+ * output chunk costs a hop to the runtime's thread pool and back, a write and
+ * a hash update; a 1 GiB restore made 77,000 of each with 16 KiB.
+ */
+const STREAM_CHUNK = 1 << 20;
+
 /** A streaming zstd encoder (node:zlib Transform). */
 export function createZstdCompressStream(): zlib.ZstdCompress {
   return zlib.createZstdCompress({
+    chunkSize: STREAM_CHUNK,
     params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
   });
 }
 
 /** A streaming zstd decoder (node:zlib Transform). */
 export function createZstdDecompressStream(): zlib.ZstdDecompress {
-  return zlib.createZstdDecompress();
+  return zlib.createZstdDecompress({ chunkSize: STREAM_CHUNK });
 }
