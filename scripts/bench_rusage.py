@@ -6,7 +6,8 @@
 Used by scripts/bench_compare.ts to measure a replicator (walship or
 Litestream) as a single process: SIGTERM and SIGINT sent to this wrapper are
 forwarded to the child, and once the child exits, os.wait4 gives its rusage
-(ru_utime, ru_stime in seconds, ru_maxrss in KiB on Linux). The wrapper
+(ru_utime, ru_stime in seconds, ru_maxrss in KiB on Linux, ru_minflt: page
+faults served without I/O, each mostly a fresh page the kernel zeroes). The wrapper
 exits with the child's exit code (128 + signal if it was killed).
 """
 
@@ -50,6 +51,7 @@ def main() -> int:
         "utime": ru.ru_utime,
         "stime": ru.ru_stime,
         "maxrss_kib": ru.ru_maxrss,
+        "minflt": ru.ru_minflt,
         "started": started,
         "wall": time.time() - started,
     }
