@@ -59,6 +59,7 @@ test("wal-index: a live -shm matches the WAL after every commit, and iChange cou
         assert.equal(h.pageSize, PAGE);
         assert.equal(h.bigEndianChecksum, false);
         assert.equal(h.nBackfill, 0);
+        assert.equal(h.nBackfillAttempted, 0);
         assert.equal(h.readMarks.length, 5);
         assert.equal(h.readMarks[0], 0);
         assert.deepEqual(h.readMarks, [0, 1, 2, 3, 4].map((i) => u32le(shmBytes, 100 + 4 * i)));
@@ -80,6 +81,9 @@ test("wal-index: a live -shm matches the WAL after every commit, and iChange cou
       const h = header(shmBytes);
       assert.equal(h.nBackfill, h.mxFrame);
       assert.equal(h.nBackfill, u32le(shmBytes, 96));
+      // Set before the checkpoint copies its first page (the direct snapshot read relies on it).
+      assert.equal(h.nBackfillAttempted, h.mxFrame);
+      assert.equal(h.nBackfillAttempted, u32le(shmBytes, 128));
       assert.equal(h.iChange, previous!.iChange);
       assert.deepEqual(h.readMarks, [0, 1, 2, 3, 4].map((i) => u32le(shmBytes, 100 + 4 * i)));
       assert.ok(h.readMarks.includes(READ_MARK_UNUSED));

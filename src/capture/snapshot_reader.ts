@@ -8,15 +8,26 @@
  * (same salts before and after). Pages past that commit's database size are
  * dropped. Otherwise: try again.
  *
+ * {@linkcode readConsistentImage} reads without the copy when it can: it
+ * reads the database file in place, laying the frames of the WAL up to a
+ * commit read *before* the read over each run of pages as it goes, and
+ * afterwards proves that no checkpoint wrote a later frame into the file
+ * meanwhile (same salts; nBackfill and nBackfillAttempted within those
+ * frames; no checkpoint holding CKPT). When the proof fails it reads again;
+ * after three failures, or without libc's locks, it copies
+ * (docs/DECISIONS.md, "Snapshots read the database in place").
+ *
  * @module
  */
 
 import fs from "node:fs";
 import { WalshipError } from "../errors.ts";
 import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
-import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
+import { F_UNLCK, F_WRLCK, type FileLocks } from "../runtime.ts";
+import { frameOffset, WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
+import { SHM_LOCK } from "../sqlite/wal_index.ts";
 import { readWalHeader, scanFrames, type WalPosition } from "../sqlite/wal_scanner.ts";
-import { ioError, openReadOnly, readWalIndexFile } from "./file_source.ts";
+import { ioError, type OpenFile, openReadOnly, readWalIndexFile } from "./file_source.ts";
 import type { FollowResult, WalFollower } from "./wal_follower.ts";
 
 /** A captured database image in a local file. */
@@ -177,4 +188,276 @@ export function writeFrames(fd: number, frames: Uint8Array, pages: number[], pag
     const at = i * frameSize + WAL_FRAME_HEADER_SIZE;
     fs.writeSync(fd, frames, at, pageSize, (pages[i] - 1) * pageSize);
   }
+}
+
+/** A run of whole pages of an image: pages `first`.. in `chunk`. */
+export interface ImageChunk {
+  first: number;
+  chunk: Uint8Array;
+}
+
+/** An image is read in runs of whole pages of about this many bytes. */
+const CHUNK_BYTES = 1 << 20;
+
+/** Where each run of pages 1..dbSize lies in an image file. */
+function* chunkRuns(pageSize: number, dbSize: number): Generator<{ first: number; offset: number; length: number }> {
+  const per = Math.max(1, Math.floor(CHUNK_BYTES / pageSize));
+  for (let first = 1; first <= dbSize; first += per) {
+    yield { first, offset: (first - 1) * pageSize, length: Math.min(per, dbSize - first + 1) * pageSize };
+  }
+}
+
+function shortImage(path: string, pageSize: number, dbSize: number, at: number): WalshipError {
+  return new WalshipError(
+    "IO",
+    `the image ${path} ends at byte ${at}, short of its ${dbSize} pages of ${pageSize} bytes`,
+  );
+}
+
+/**
+ * Pages 1..dbSize of an image file, a run of whole pages (about 1 MiB) at a
+ * time; throws when the file is shorter than `dbSize` pages. Two buffers
+ * take turns: a chunk stays valid while the next one is read and is
+ * overwritten by the one after (reused memory is much cheaper to read into
+ * and hash than fresh memory).
+ */
+export async function* readImageChunks(path: string, pageSize: number, dbSize: number): AsyncGenerator<ImageChunk> {
+  const file = await fs.promises.open(path, "r");
+  try {
+    const buffers: Uint8Array[] = [];
+    let turn = 0;
+    for (const { first, offset, length } of chunkRuns(pageSize, dbSize)) {
+      const buffer = buffers[turn] ??= new Uint8Array(length);
+      turn ^= 1;
+      const chunk = buffer.subarray(0, length);
+      for (let done = 0; done < length;) {
+        const { bytesRead } = await file.read(chunk, done, length - done, offset + done);
+        if (bytesRead === 0) throw shortImage(path, pageSize, dbSize, offset + done);
+        done += bytesRead;
+      }
+      yield { first, chunk };
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+/** A consistent image of the database, read a run of pages at a time. */
+export interface ImageView {
+  pageSize: number;
+  /** Pages in the image. */
+  dbSize: number;
+  /** The WAL position the image stands for. */
+  position: WalPosition | null;
+  /** Checksum byte order of the WAL epoch at `position`. */
+  bigEndian: boolean;
+  /**
+   * Pages 1..dbSize in runs of about 1 MiB. A run stays valid while the next
+   * one is read and is overwritten by the one after; read them once.
+   */
+  chunks(): AsyncIterable<ImageChunk>;
+}
+
+/** Options for {@linkcode readConsistentImage}. */
+export interface ReadImageOptions extends CaptureOptions {
+  /** libc's locks, to see a checkpoint at work; null: always copy first. */
+  locks: FileLocks | null;
+  /** Where the copy goes when one is made (removed afterwards). */
+  copyPath: string;
+  /** Told why a direct read was given up for a copy. */
+  onCopy?: (why: string) => void;
+  /** Called before each run of a direct read is read (tests: a checkpoint mid-read). */
+  beforeRun?: (first: number) => void;
+}
+
+/** Options for {@linkcode readConsistentImage} that depend on what `use` returns. */
+export interface ReadImageHooks<T> {
+  /** Given what `use` returned from a read that failed its proof, to clean up after. */
+  discard?: (value: T) => void;
+}
+
+/** Direct reads tried before copying instead. */
+const DIRECT_ATTEMPTS = 3;
+
+/**
+ * Hands `use` a consistent image of the live database and returns what it
+ * returns. `use` may be called more than once: a direct read is proven only
+ * after `use` has read it, and a read that fails the proof is done again, so
+ * `use` must keep nothing of a call but its result until this returns.
+ */
+export async function readConsistentImage<T>(
+  dbPath: string,
+  follower: WalFollower,
+  options: ReadImageOptions & ReadImageHooks<T>,
+  use: (image: ImageView) => Promise<T>,
+): Promise<T> {
+  let why = "libc's locks are unavailable";
+  if (options.locks) {
+    for (let attempt = 1; attempt <= DIRECT_ATTEMPTS; attempt++) {
+      const outcome = await readDirect(dbPath, follower, options.locks, options, use);
+      if (outcome.ok) return outcome.value;
+      if (outcome.used) options.discard?.(outcome.value);
+      why = outcome.why;
+    }
+    why = `${DIRECT_ATTEMPTS} direct reads failed, the last because ${why}`;
+  }
+  options.onCopy?.(why);
+  const image = await captureImage(dbPath, follower, options.copyPath, options);
+  try {
+    return await use({
+      pageSize: image.pageSize,
+      dbSize: image.dbSize,
+      position: image.position,
+      bigEndian: image.bigEndian,
+      chunks: () => readImageChunks(image.path, image.pageSize, image.dbSize),
+    });
+  } finally {
+    fs.rmSync(image.path, { force: true });
+  }
+}
+
+type DirectOutcome<T> =
+  | { ok: true; value: T }
+  | { ok: false; why: string; used: true; value: T }
+  | { ok: false; why: string; used: false };
+
+/** Where the newest version of each page in frames 1..position lies: page numbers ascending. */
+interface Overlay {
+  pgnos: number[];
+  frames: number[];
+}
+
+/** One direct read: poll, plan the overlay, let `use` read, then prove nothing moved under it. */
+async function readDirect<T>(
+  dbPath: string,
+  follower: WalFollower,
+  locks: FileLocks,
+  options: ReadImageOptions,
+  use: (image: ImageView) => Promise<T>,
+): Promise<DirectOutcome<T>> {
+  const before = liveState(dbPath);
+  for (;;) {
+    const result = follower.poll({ baseline: options.baseline });
+    options.onPoll(result);
+    if (result.lost) throw new WalshipError("CORRUPT", `snapshot aborted: ${result.lost}`);
+    if (!result.more) break;
+  }
+  const position = follower.position ?? null;
+  const frames = position?.frame ?? 0;
+  const wal = frames > 0 ? openReadOnly(`${dbPath}-wal`) : null;
+  if (frames > 0 && !wal) return { ok: false, why: "the WAL went away", used: false };
+  const db = openReadOnly(dbPath);
+  if (!db) {
+    wal?.close();
+    throw new WalshipError("IO", `${dbPath} went away while taking a snapshot`);
+  }
+  try {
+    let pageSize: number;
+    let dbSize: number;
+    let overlay: Overlay = { pgnos: [], frames: [] };
+    if (wal) {
+      const planned = planOverlay(wal, position!);
+      if (!planned) return { ok: false, why: "the WAL moved on before it was read", used: false };
+      ({ pageSize, overlay } = planned);
+      dbSize = follower.dbSize;
+    } else {
+      const head = new Uint8Array(DB_HEADER_SIZE);
+      db.read(head, 0, DB_HEADER_SIZE);
+      const header = parseDbHeader(head);
+      pageSize = header.pageSize;
+      dbSize = header.pageCount ?? Math.floor(db.size() / pageSize);
+    }
+    let moved: string | null = null;
+    const value = await use({
+      pageSize,
+      dbSize,
+      position,
+      bigEndian: follower.bigEndian,
+      chunks: () =>
+        readInPlace(db, wal, pageSize, dbSize, overlay, options.beforeRun, (why) => {
+          moved ??= why;
+        }),
+    });
+    moved ??= provenStill(dbPath, locks, before, frames);
+    return moved === null ? { ok: true, value } : { ok: false, why: moved, used: true, value };
+  } finally {
+    db.close();
+    wal?.close();
+  }
+}
+
+/** Scans frames 1..position (validating them again) for each page's newest frame; null when they are not there. */
+function planOverlay(wal: OpenFile, position: WalPosition): { pageSize: number; overlay: Overlay } | null {
+  const header = readWalHeader(wal);
+  if (!header || header.salt1 !== position.salt1 || header.salt2 !== position.salt2) return null;
+  const scan = scanFrames(wal, header, null, { maxFrame: position.frame });
+  const end = scan.position;
+  if (end.frame !== position.frame || end.checksum1 !== position.checksum1 || end.checksum2 !== position.checksum2) {
+    return null;
+  }
+  const newest = new Map<number, number>();
+  for (const tx of scan.transactions) tx.pages.forEach((pgno, i) => newest.set(pgno, tx.firstFrame + i));
+  const pgnos = [...newest.keys()].sort((a, b) => a - b);
+  return { pageSize: header.pageSize, overlay: { pgnos, frames: pgnos.map((p) => newest.get(p)!) } };
+}
+
+/**
+ * Pages 1..dbSize of the live database file, each page the overlay names
+ * taken from its WAL frame instead; bytes past the file's end read as zeros
+ * (the copy's ftruncate does the same). Two buffers take turns.
+ */
+async function* readInPlace(
+  db: OpenFile,
+  wal: OpenFile | null,
+  pageSize: number,
+  dbSize: number,
+  overlay: Overlay,
+  beforeRun: ((first: number) => void) | undefined,
+  onMoved: (why: string) => void,
+): AsyncGenerator<ImageChunk> {
+  const buffers: Uint8Array[] = [];
+  let turn = 0;
+  let next = 0; // the overlay's next entry
+  for (const { first, offset, length } of chunkRuns(pageSize, dbSize)) {
+    beforeRun?.(first);
+    const buffer = buffers[turn] ??= new Uint8Array(length);
+    turn ^= 1;
+    const chunk = buffer.subarray(0, length);
+    const got = db.read(chunk, offset, length);
+    if (got < length) chunk.fill(0, got);
+    const last = first + length / pageSize - 1;
+    for (; next < overlay.pgnos.length && overlay.pgnos[next] <= last; next++) {
+      const at = (overlay.pgnos[next] - first) * pageSize;
+      const from = frameOffset(overlay.frames[next], pageSize) + WAL_FRAME_HEADER_SIZE;
+      if (wal!.read(chunk.subarray(at, at + pageSize), from, pageSize) < pageSize) onMoved("the WAL was truncated");
+    }
+    yield { first, chunk };
+    // Let the event loop run between runs, as reading a copy through fs.promises does.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+/**
+ * Null when no checkpoint can have written a frame past `frames` into the
+ * database file since `before` (the image read in place then stands for
+ * frames 1..`frames`), else why not.
+ */
+function provenStill(dbPath: string, locks: FileLocks, before: LiveState, frames: number): string | null {
+  const after = liveState(dbPath);
+  if (!sameEpoch(before, after)) return "the WAL restarted";
+  if (after.salts === null) return null; // no WAL, and the database file untouched: nothing moved
+  const shmPath = `${dbPath}-shm`;
+  const shm = readWalIndexFile(shmPath);
+  if (!shm) return "the wal-index could not be read";
+  if (shm.nBackfill > frames || shm.nBackfillAttempted > frames) {
+    return `a checkpoint copied frames past ${frames} (up to ${Math.max(shm.nBackfill, shm.nBackfillAttempted)})`;
+  }
+  const { fd, errno } = locks.open(shmPath);
+  if (fd < 0) return `cannot open the wal-index (errno ${errno})`;
+  try {
+    if (locks.testLock(fd, F_WRLCK, SHM_LOCK.CKPT, 1) !== F_UNLCK) return "a checkpoint was running";
+  } finally {
+    locks.close(fd);
+  }
+  return null;
 }

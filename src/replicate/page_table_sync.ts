@@ -2,14 +2,14 @@
  * Keeps the page table (src/cache/page_table.ts) in step with what the
  * replica holds: from a snapshot image, from each shipped segment's records,
  * and, after a crash, by replaying the segments shipped since it was saved.
- * Image files are read here in runs of whole pages, by the table's own
- * passes and by snapshot_object.ts, which fills a table as it compresses.
+ * Images are read in runs of whole pages (src/capture/snapshot_reader.ts),
+ * by the table's own passes and by snapshot_object.ts, which fills a table
+ * as it compresses.
  *
  * @module
  */
 
 import fs from "node:fs";
-import { WalshipError } from "../errors.ts";
 import { PageTable, pageHash } from "../cache/page_table.ts";
 import type { CachedObject, ObjectCache } from "../cache/object_cache.ts";
 import { decodeObject } from "../replica/object_format.ts";
@@ -18,6 +18,7 @@ import type { ReplicaStorage } from "../replica/storage.ts";
 import { parseObjectKey } from "../replica/layout.ts";
 import { listGeneration } from "../restore/plan.ts";
 import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
+import { type ImageChunk, readImageChunks } from "../capture/snapshot_reader.ts";
 
 /** Hashes every page of a database image file. */
 export async function tableFromImage(
@@ -31,58 +32,6 @@ export async function tableFromImage(
   for await (const { first, chunk } of readImageChunks(path, pageSize, dbSize)) table.setPages(first, chunk);
   table.truncate(dbSize);
   return table;
-}
-
-/** A run of whole pages of an image: pages `first`.. in `chunk`. */
-export interface ImageChunk {
-  first: number;
-  chunk: Uint8Array;
-}
-
-/** An image is read in runs of whole pages of about this many bytes. */
-const CHUNK_BYTES = 1 << 20;
-
-/** Where each run of pages 1..dbSize lies in an image file. */
-function* chunkRuns(pageSize: number, dbSize: number): Generator<{ first: number; offset: number; length: number }> {
-  const per = Math.max(1, Math.floor(CHUNK_BYTES / pageSize));
-  for (let first = 1; first <= dbSize; first += per) {
-    yield { first, offset: (first - 1) * pageSize, length: Math.min(per, dbSize - first + 1) * pageSize };
-  }
-}
-
-function shortImage(path: string, pageSize: number, dbSize: number, at: number): WalshipError {
-  return new WalshipError(
-    "IO",
-    `the image ${path} ends at byte ${at}, short of its ${dbSize} pages of ${pageSize} bytes`,
-  );
-}
-
-/**
- * Pages 1..dbSize of an image file, a run of whole pages (about 1 MiB) at a
- * time; throws when the file is shorter than `dbSize` pages. Two buffers
- * take turns: a chunk stays valid while the next one is read and is
- * overwritten by the one after (reused memory is much cheaper to read into
- * and hash than fresh memory).
- */
-export async function* readImageChunks(path: string, pageSize: number, dbSize: number): AsyncGenerator<ImageChunk> {
-  const file = await fs.promises.open(path, "r");
-  try {
-    const buffers: Uint8Array[] = [];
-    let turn = 0;
-    for (const { first, offset, length } of chunkRuns(pageSize, dbSize)) {
-      const buffer = buffers[turn] ??= new Uint8Array(length);
-      turn ^= 1;
-      const chunk = buffer.subarray(0, length);
-      for (let done = 0; done < length;) {
-        const { bytesRead } = await file.read(chunk, done, length - done, offset + done);
-        if (bytesRead === 0) throw shortImage(path, pageSize, dbSize, offset + done);
-        done += bytesRead;
-      }
-      yield { first, chunk };
-    }
-  } finally {
-    await file.close();
-  }
 }
 
 /** Applies a segment's records to the table, in order. */
@@ -245,18 +194,17 @@ function readIfPresent(file: string): Uint8Array | null {
 }
 
 /**
- * The pages of an image that differ from the table, with the image's size.
+ * The pages of an image (its runs of pages) that differ from the table.
  * Null when more than `maxBytes` differ (a new snapshot is then cheaper).
  */
 export async function diffImage(
-  path: string,
-  dbSize: number,
+  chunks: AsyncIterable<ImageChunk>,
   table: PageTable,
   maxBytes: number,
 ): Promise<Array<{ pgno: number; page: Uint8Array }> | null> {
   const pageSize = table.pageSize;
   const changed: Array<{ pgno: number; page: Uint8Array }> = [];
-  for await (const { first, chunk } of readImageChunks(path, pageSize, dbSize)) {
+  for await (const { first, chunk } of chunks) {
     for (let i = 0; i * pageSize < chunk.length; i++) {
       const page = chunk.subarray(i * pageSize, (i + 1) * pageSize);
       if (table.matches(first + i, page)) continue;

@@ -17,12 +17,13 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ObjectCache } from "../cache/object_cache.ts";
-import { captureImage } from "../capture/snapshot_reader.ts";
+import { type ImageView, readConsistentImage } from "../capture/snapshot_reader.ts";
 import { type FollowResult, WalFollower } from "../capture/wal_follower.ts";
 import { readHead } from "../capture/file_source.ts";
 import { tempPathBeside } from "../durable.ts";
 import { errorMessage, WalshipError } from "../errors.ts";
 import { type Log, silentLog } from "../log.ts";
+import { type FileLocks, loadFileLocks } from "../runtime.ts";
 import { newGenerationId, snapshotKey, segmentKey } from "../replica/layout.ts";
 import type { SnapshotMeta } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
@@ -137,6 +138,13 @@ export type ReplicatorEvent =
 
 /** A heal holds the changed pages in memory; past this, a new generation's snapshot (streamed) is used. */
 const MAX_HEAL_BYTES = 256 << 20;
+
+/** A snapshot object written to a temporary file, not yet in the cache. */
+interface WrittenSnapshot {
+  path: string;
+  hash: string;
+  meta: SnapshotMeta;
+}
 /**
  * A segment is cut before its interval ends only once it holds this many
  * bytes of records: a bound on what waits in memory, kept high so that one
@@ -203,6 +211,8 @@ export class Replicator {
   #snapshotProgress: ReplicatorOptions["snapshotProgress"];
   #retention: ReplicatorOptions["retention"];
   #pinKeeper!: PinKeeper;
+  /** libc's locks, for snapshots read in place; null: snapshots copy the database first. */
+  #locks: FileLocks | null = null;
   /** Page hashes of the replicated state; null when unknown (healing then needs a new generation). */
   #table: PageTable | null = null;
   #tableSavedAt = 0;
@@ -247,6 +257,8 @@ export class Replicator {
   async #start(): Promise<void> {
     await this.#waitForDatabase();
     this.#pinKeeper = await PinKeeper.create(this.db, this.#pinEnabled, this.#log);
+    const locks = await loadFileLocks();
+    this.#locks = typeof locks === "string" ? null : locks;
     await this.#pinKeeper.start();
     // The WAL restarted in a let-go seen between rounds: read its old tail now.
     this.#pinKeeper.onRestart = () => {
@@ -554,36 +566,34 @@ export class Replicator {
     if (!table || !this.#generation) return decline("no page table of the replicated state");
     if (table.txid !== this.#builder.txid) return decline(`the page table is at txid ${table.txid}, not ${this.#builder.txid}`);
     this.#follower.rebase(null, 0, 0);
-    const image = await captureImage(this.db, this.#follower, this.#tempPath(), { baseline: true, onPoll: () => {} });
-    try {
-      if (image.pageSize !== table.pageSize) return decline(`the page size changed to ${image.pageSize}`);
-      const changed = await diffImage(image.path, image.dbSize, table, MAX_HEAL_BYTES);
-      if (!changed) return decline(`more than ${MAX_HEAL_BYTES >> 20} MiB of pages changed: a snapshot is the better base`);
-      this.#builder.addHeal({
-        dbSize: image.dbSize,
-        time: Date.now(),
-        position: image.position,
-        bigEndian: image.bigEndian,
-        pages: changed,
-      });
-      const txid = this.#builder.txid;
-      this.#flushSegment();
-      this.#saveTable(true);
-      const bytes = changed.length * image.pageSize;
-      this.#stats.heals++;
-      this.#log.warn(`continuity lost: ${reason}; healed by shipping the ${changed.length} page(s) that differ`, {
-        db: this.db,
-        generation: this.#generation,
-        txid,
-        pages: changed.length,
-        of: image.dbSize,
-        bytes,
-      });
-      this.#emit({ type: "heal", reason, txid, pages: changed.length, bytes });
-      return true;
-    } finally {
-      fs.rmSync(image.path, { force: true });
-    }
+    const { image, changed } = await this.#readImage(true, async (image) => ({
+      image,
+      changed: image.pageSize === table.pageSize ? await diffImage(image.chunks(), table, MAX_HEAL_BYTES) : null,
+    }));
+    if (image.pageSize !== table.pageSize) return decline(`the page size changed to ${image.pageSize}`);
+    if (!changed) return decline(`more than ${MAX_HEAL_BYTES >> 20} MiB of pages changed: a snapshot is the better base`);
+    this.#builder.addHeal({
+      dbSize: image.dbSize,
+      time: Date.now(),
+      position: image.position,
+      bigEndian: image.bigEndian,
+      pages: changed,
+    });
+    const txid = this.#builder.txid;
+    this.#flushSegment();
+    this.#saveTable(true);
+    const bytes = changed.length * image.pageSize;
+    this.#stats.heals++;
+    this.#log.warn(`continuity lost: ${reason}; healed by shipping the ${changed.length} page(s) that differ`, {
+      db: this.db,
+      generation: this.#generation,
+      txid,
+      pages: changed.length,
+      of: image.dbSize,
+      bytes,
+    });
+    this.#emit({ type: "heal", reason, txid, pages: changed.length, bytes });
+    return true;
   }
 
   /** Saves the page table when due (every 10 s), or now. */
@@ -760,27 +770,27 @@ export class Replicator {
     const generation = newGenerationId();
     const baseTxid = this.#builder.txid;
     this.#follower.rebase(null, 0, 0);
-    const image = await captureImage(this.db, this.#follower, this.#tempPath(), {
-      baseline: true,
-      onPoll: () => {},
-    });
     const txid = baseTxid + 1;
+    this.#table = null;
+    // The table is filled from the same reads that feed the compressor: the image is read once.
+    const { image, table, written } = await this.#readImage(true, async (image) => {
+      const table = new PageTable(image.pageSize, generation, txid);
+      const written = await this.#writeSnapshot(image, {
+        kind: "snapshot",
+        generation,
+        pageSize: image.pageSize,
+        txid,
+        time: Date.now(),
+        position: image.position,
+        bigEndian: image.bigEndian,
+        dbSize: image.dbSize,
+      }, table);
+      return { image, table, written };
+    }, ({ written }) => fs.rmSync(written.path, { force: true }));
     this.#generation = generation;
     this.#pageSize = image.pageSize;
     this.#follower.rebase(image.position, image.dbSize, image.pageSize, image.bigEndian);
-    // Filled from the same reads that feed the compressor: the image is read once.
-    const table = new PageTable(image.pageSize, generation, txid);
-    this.#table = null;
-    await this.#storeSnapshot(image.path, {
-      kind: "snapshot",
-      generation,
-      pageSize: image.pageSize,
-      txid,
-      time: Date.now(),
-      position: image.position,
-      bigEndian: image.bigEndian,
-      dbSize: image.dbSize,
-    }, reason, table);
+    this.#storeSnapshot(written, reason);
     this.#table = table;
     this.#builder = new SegmentBuilder(txid, image.position, image.dbSize, image.bigEndian);
     this.#saveTable(true);
@@ -790,32 +800,63 @@ export class Replicator {
   /** A snapshot within the current generation, at the latest txid. */
   async #periodicSnapshot(): Promise<void> {
     this.#flushSegment();
-    const image = await captureImage(this.db, this.#follower, this.#tempPath(), {
-      baseline: false,
-      onPoll: (r) => {
-        if (!r.lost) this.#ingest(r);
-      },
-    });
-    this.#flushSegment();
-    await this.#storeSnapshot(image.path, {
-      kind: "snapshot",
-      generation: this.#generation!,
-      pageSize: image.pageSize,
-      txid: this.#builder.txid,
-      time: Date.now(),
-      position: this.#builder.end,
-      bigEndian: this.#builder.bigEndian,
-      dbSize: image.dbSize,
-    }, "snapshot interval elapsed");
+    const written = await this.#readImage(false, (image) => {
+      // What the polls read before the image is shipped first: the snapshot stands for its last txid.
+      this.#flushSegment();
+      return this.#writeSnapshot(image, {
+        kind: "snapshot",
+        generation: this.#generation!,
+        pageSize: image.pageSize,
+        txid: this.#builder.txid,
+        time: Date.now(),
+        position: this.#builder.end,
+        bigEndian: this.#builder.bigEndian,
+        dbSize: image.dbSize,
+      });
+    }, (unproven) => fs.rmSync(unproven.path, { force: true }));
+    this.#storeSnapshot(written, "snapshot interval elapsed");
   }
 
-  /** Stores a snapshot object in the cache; `table`, when given, is filled with the image's page hashes. */
-  async #storeSnapshot(imagePath: string, meta: SnapshotMeta, reason: string, table?: PageTable): Promise<void> {
+  /**
+   * Hands `use` a consistent image of the database (readConsistentImage:
+   * read in place, or copied first). With `baseline`, the follower accepts
+   * any WAL epoch (a new base); otherwise what it polls meanwhile is ingested.
+   */
+  #readImage<T>(baseline: boolean, use: (image: ImageView) => Promise<T>, discard?: (value: T) => void): Promise<T> {
+    return readConsistentImage(this.db, this.#follower, {
+      discard,
+      baseline,
+      onPoll: (r) => {
+        if (!baseline && !r.lost) this.#ingest(r);
+      },
+      locks: this.#locks,
+      copyPath: this.#tempPath(),
+      onCopy: (why) => this.#log.debug(`snapshot: copying the database first: ${why}`, { db: this.db }),
+    }, use);
+  }
+
+  /**
+   * Writes the snapshot object of `image` to a temporary file; `table`, when
+   * given, is filled with the image's page hashes. The file is removed on
+   * failure; {@linkcode #storeSnapshot} takes it once the image is proven.
+   */
+  async #writeSnapshot(image: ImageView, meta: SnapshotMeta, table?: PageTable): Promise<WrittenSnapshot> {
     const objectTmp = this.#tempPath();
     try {
       const progress = this.#snapshotProgress?.() ?? null;
-      const hash = await writeSnapshotObject(imagePath, meta, objectTmp, { onProgress: progress?.update, table })
+      const hash = await writeSnapshotObject(image.chunks(), meta, objectTmp, { onProgress: progress?.update, table })
         .finally(() => progress?.finish());
+      return { path: objectTmp, hash, meta };
+    } catch (err) {
+      fs.rmSync(objectTmp, { force: true });
+      throw err;
+    }
+  }
+
+  /** Moves a written snapshot object into the cache, for upload. */
+  #storeSnapshot(written: WrittenSnapshot, reason: string): void {
+    const { path: objectTmp, hash, meta } = written;
+    try {
       this.#cache.addFile(objectTmp, {
         hash,
         key: snapshotKey(meta.generation, meta.txid, meta.time),
@@ -829,7 +870,6 @@ export class Replicator {
         time: meta.time,
       });
     } finally {
-      fs.rmSync(imagePath, { force: true });
       fs.rmSync(objectTmp, { force: true });
     }
     this.#lastSnapshot = Date.now();

@@ -1,5 +1,5 @@
 /**
- * Turns a captured database image into a snapshot object file, streaming:
+ * Turns a database image (its runs of pages) into a snapshot object file, streaming:
  * memory stays flat whatever the database size. The same reads of the image
  * can fill the page table (page_table_sync.ts), so a snapshot reads its
  * image once.
@@ -8,7 +8,6 @@
  */
 
 import fs from "node:fs";
-import zlib from "node:zlib";
 import { createHash } from "node:crypto";
 import type { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -16,8 +15,8 @@ import type { PageTable } from "../cache/page_table.ts";
 import { ioError } from "../capture/file_source.ts";
 import { WalshipError } from "../errors.ts";
 import { encodePreamble, type SnapshotMeta } from "../replica/object_format.ts";
-import { ZSTD_LEVEL } from "../replica/zstd.ts";
-import { type ImageChunk, readImageChunks } from "./page_table_sync.ts";
+import { createZstdCompressStream } from "../replica/zstd.ts";
+import { type ImageChunk, readImageChunks } from "../capture/snapshot_reader.ts";
 
 /** Options for {@linkcode writeSnapshotObject}. */
 export interface WriteSnapshotOptions {
@@ -37,12 +36,12 @@ export interface WriteSnapshotOptions {
 }
 
 /**
- * Writes the snapshot object for pages 1..`meta.dbSize` of the image at
- * `imagePath` to `outPath` (fsynced); returns its hash. Throws when the
- * image holds fewer pages.
+ * Writes the snapshot object for pages 1..`meta.dbSize` of an image to
+ * `outPath` (fsynced); returns its hash. The image is a file, or the runs of
+ * pages an ImageView yields. Throws when the image holds fewer pages.
  */
 export async function writeSnapshotObject(
-  imagePath: string,
+  image: string | AsyncIterable<ImageChunk>,
   meta: SnapshotMeta,
   outPath: string,
   options: WriteSnapshotOptions = {},
@@ -65,11 +64,7 @@ export async function writeSnapshotObject(
     const pre = encodePreamble(meta);
     hasher.update(pre);
     await file.write(pre);
-    const zstd = zlib.createZstdCompress({
-      // 1 MiB output buffers, not zlib's 16 KiB: 64 times fewer writes and hash updates.
-      chunkSize: 1 << 20,
-      params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
-    });
+    const zstd = createZstdCompressStream();
     const compressed = pipeline(zstd, async function (source: AsyncIterable<Uint8Array>) {
       for await (const chunk of source) {
         hasher.update(chunk);
@@ -78,10 +73,13 @@ export async function writeSnapshotObject(
     });
     compressed.catch(() => {}); // awaited below, once the feed is done
     try {
-      await feed(zstd, readImageChunks(imagePath, meta.pageSize, meta.dbSize), (first, chunk) => {
+      const chunks = typeof image === "string" ? readImageChunks(image, meta.pageSize, meta.dbSize) : image;
+      await feed(zstd, chunks, (first, chunk) => {
         table?.setPages(first, chunk);
-        onProgress?.(read += chunk.length, total);
+        read += chunk.length; // not inside onProgress?.(…): an absent callback skips its arguments
+        onProgress?.(read, total);
       });
+      if (read !== total) throw new WalshipError("IO", `the image gave ${read} bytes, not its ${total}`);
       zstd.end();
     } catch (err) {
       zstd.destroy(err as Error); // the pipeline then fails with the first error, this or its own

@@ -43,6 +43,11 @@ export interface WalIndexHeader {
   frameChecksum2: number;
   /** Frames already copied back into the database file. */
   nBackfill: number;
+  /**
+   * The last frame any checkpoint of this epoch set out to copy (wal.c sets
+   * it before writing a page): the database file holds no page of a later frame.
+   */
+  nBackfillAttempted: number;
   /** aReadMark[0..4]; 0xffffffff marks an unused slot. */
   readMarks: number[];
 }
@@ -91,6 +96,7 @@ export function parseWalIndex(
       salt1: v.getUint32(32, false),
       salt2: v.getUint32(36, false),
       nBackfill: v.getUint32(96, le),
+      nBackfillAttempted: v.getUint32(128, le),
       readMarks,
     },
   };
