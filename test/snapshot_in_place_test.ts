@@ -13,6 +13,11 @@
  *   does): that read is discarded too;
  * - a checkpoint during every read: after three direct reads the database is
  *   copied first, and that image is right.
+ *
+ * And the replicator's choice: its first snapshot reads in place when it
+ * holds its read slot, or when there is no WAL; unpinned beside a live WAL
+ * it copies first (the proof would often fail there). Each way the
+ * snapshot restores to the database.
  */
 
 import assert from "node:assert/strict";
@@ -22,9 +27,12 @@ import { captureImage, type ImageView, readConsistentImage } from "../src/captur
 import { WalFollower } from "../src/capture/wal_follower.ts";
 import { F_UNLCK, F_WRLCK, type FileLocks, loadFileLocks } from "../src/runtime.ts";
 import { SHM_LOCK } from "../src/sqlite/wal_index.ts";
+import { Replicator } from "../src/replicate/replicator.ts";
+import { openReplica } from "../src/replica/open_replica.ts";
+import { restoreDatabase } from "../src/restore/restore.ts";
 import type { WalPosition } from "../src/sqlite/wal_scanner.ts";
 import { openSqlite, type SqliteConnection, test } from "./_runtime.ts";
-import { checkpoint } from "./_replication_fixtures.ts";
+import { assertSameFile, checkpoint, recordingLog } from "./_replication_fixtures.ts";
 import { withTempDir } from "./_util.ts";
 
 const PAGE = 4096;
@@ -218,3 +226,42 @@ test("in place: a checkpoint during every read; after three the database is copi
       con.close();
     }
   }));
+
+const replicatorCases = [
+  { name: "pinned, beside a live WAL", pin: true, live: true, copies: false },
+  { name: "unpinned, with no WAL", pin: false, live: false, copies: false },
+  { name: "unpinned, beside a live WAL", pin: false, live: true, copies: true },
+];
+
+for (const c of replicatorCases) {
+  const does = c.copies ? "copies the database first" : "reads it in place";
+  test(`replicator, ${c.name}: the first snapshot ${does}, and restores to the database`, () =>
+    withTempDir("snapshot-in-place-replicator", async (dir) => {
+      const db = path.join(dir, "app.db");
+      const con = await liveDatabase(db);
+      if (!c.live) con.close(); // the last connection checkpoints and deletes the WAL
+      assert.equal(fs.existsSync(`${db}-wal`), c.live);
+      const log = recordingLog();
+      const storage = await openReplica(`file://${path.join(dir, "replica")}`);
+      const r = new Replicator(db, { storage, cacheDir: path.join(dir, "cache"), pin: c.pin, log });
+      try {
+        await r.start();
+        await r.flush();
+      } finally {
+        await r.stop();
+      }
+      const copies = log.lines.filter((l) => l.message.startsWith("snapshot: copying the database first"));
+      assert.deepEqual(
+        copies.map((l) => l.message),
+        c.copies ? ["snapshot: copying the database first: walship does not hold its read slot now"] : [],
+      );
+      assert.deepEqual(log.lines.filter((l) => l.message.includes("not proven")), []);
+      if (c.live) {
+        checkpoint(con, "TRUNCATE");
+        con.close();
+      }
+      const out = path.join(dir, "restored.db");
+      await restoreDatabase({ storage, output: out });
+      assertSameFile(out, db, "the restored snapshot");
+    }));
+}

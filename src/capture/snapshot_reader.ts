@@ -13,15 +13,16 @@
  * commit read *before* the read over each run of pages as it goes, and
  * afterwards proves that no checkpoint wrote a later frame into the file
  * meanwhile (same salts; nBackfill and nBackfillAttempted within those
- * frames; no checkpoint holding CKPT). When the proof fails it reads again;
- * after three failures, or without libc's locks, it copies
+ * frames; no checkpoint holding CKPT), as soon as the last run is read.
+ * When the proof fails it reads again; after three failures, without libc's
+ * locks, or when the caller says so (`copyBecause`), it copies
  * (docs/DECISIONS.md, "Snapshots read the database in place").
  *
  * @module
  */
 
 import fs from "node:fs";
-import { WalshipError } from "../errors.ts";
+import { errorMessage, WalshipError } from "../errors.ts";
 import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
 import { F_UNLCK, F_WRLCK, type FileLocks } from "../runtime.ts";
 import { frameOffset, WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
@@ -262,6 +263,8 @@ export interface ImageView {
 export interface ReadImageOptions extends CaptureOptions {
   /** libc's locks, to see a checkpoint at work; null: always copy first. */
   locks: FileLocks | null;
+  /** Why not to read in place this time (copy first), if so. */
+  copyBecause?: string;
   /** Where the copy goes when one is made (removed afterwards). */
   copyPath: string;
   /** Told why a direct read was given up for a copy. */
@@ -272,8 +275,8 @@ export interface ReadImageOptions extends CaptureOptions {
 
 /** Options for {@linkcode readConsistentImage} that depend on what `use` returns. */
 export interface ReadImageHooks<T> {
-  /** Given what `use` returned from a read that failed its proof, to clean up after. */
-  discard?: (value: T) => void;
+  /** Given what `use` returned from a read that failed its proof, and why it failed, to clean up after. */
+  discard?: (value: T, why: string) => void;
 }
 
 /** Direct reads tried before copying instead. */
@@ -282,8 +285,9 @@ const DIRECT_ATTEMPTS = 3;
 /**
  * Hands `use` a consistent image of the live database and returns what it
  * returns. `use` may be called more than once: a direct read is proven only
- * after `use` has read it, and a read that fails the proof is done again, so
- * `use` must keep nothing of a call but its result until this returns.
+ * after `use` has read it, and a read that fails the proof is done again.
+ * What `use` returned for an unproven read goes to `options.discard`;
+ * anything else `use` does must be right whether its read is proven or not.
  */
 export async function readConsistentImage<T>(
   dbPath: string,
@@ -291,12 +295,12 @@ export async function readConsistentImage<T>(
   options: ReadImageOptions & ReadImageHooks<T>,
   use: (image: ImageView) => Promise<T>,
 ): Promise<T> {
-  let why = "libc's locks are unavailable";
-  if (options.locks) {
+  let why = options.copyBecause ?? "libc's locks are unavailable";
+  if (options.locks && options.copyBecause === undefined) {
     for (let attempt = 1; attempt <= DIRECT_ATTEMPTS; attempt++) {
       const outcome = await readDirect(dbPath, follower, options.locks, options, use);
       if (outcome.ok) return outcome.value;
-      if (outcome.used) options.discard?.(outcome.value);
+      if (outcome.used) options.discard?.(outcome.value, outcome.why);
       why = outcome.why;
     }
     why = `${DIRECT_ATTEMPTS} direct reads failed, the last because ${why}`;
@@ -367,18 +371,25 @@ async function readDirect<T>(
       pageSize = header.pageSize;
       dbSize = header.pageCount ?? Math.floor(db.size() / pageSize);
     }
-    let moved: string | null = null;
+    // Why the read is not proven; undefined until the last run has been read.
+    let moved: string | null | undefined;
     const value = await use({
       pageSize,
       dbSize,
       position,
       bigEndian: follower.bigEndian,
       chunks: () =>
-        readInPlace(db, wal, pageSize, dbSize, overlay, options.beforeRun, (why) => {
-          moved ??= why;
+        readInPlace(db, wal, pageSize, dbSize, overlay, options.beforeRun, (truncated) => {
+          // Proven as soon as the file is read, not once `use` has compressed
+          // and stored it: the shorter the window, the likelier the proof.
+          try {
+            moved = truncated ? "the WAL was truncated" : provenStill(dbPath, locks, before, frames);
+          } catch (err) {
+            moved = `the proof could not be read (${errorMessage(err)})`;
+          }
         }),
     });
-    moved ??= provenStill(dbPath, locks, before, frames);
+    if (moved === undefined) moved = "the image was not read to its end";
     return moved === null ? { ok: true, value } : { ok: false, why: moved, used: true, value };
   } finally {
     db.close();
@@ -413,11 +424,12 @@ async function* readInPlace(
   dbSize: number,
   overlay: Overlay,
   beforeRun: ((first: number) => void) | undefined,
-  onMoved: (why: string) => void,
+  onRead: (walTruncated: boolean) => void,
 ): AsyncGenerator<ImageChunk> {
   const buffers: Uint8Array[] = [];
   let turn = 0;
   let next = 0; // the overlay's next entry
+  let truncated = false;
   for (const { first, offset, length } of chunkRuns(pageSize, dbSize)) {
     beforeRun?.(first);
     const buffer = buffers[turn] ??= new Uint8Array(length);
@@ -429,12 +441,14 @@ async function* readInPlace(
     for (; next < overlay.pgnos.length && overlay.pgnos[next] <= last; next++) {
       const at = (overlay.pgnos[next] - first) * pageSize;
       const from = frameOffset(overlay.frames[next], pageSize) + WAL_FRAME_HEADER_SIZE;
-      if (wal!.read(chunk.subarray(at, at + pageSize), from, pageSize) < pageSize) onMoved("the WAL was truncated");
+      if (wal!.read(chunk.subarray(at, at + pageSize), from, pageSize) < pageSize) truncated = true;
     }
+    if (first + length / pageSize > dbSize) onRead(truncated); // the last run: the file is read
     yield { first, chunk };
     // Let the event loop run between runs, as reading a copy through fs.promises does.
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
+  if (dbSize === 0) onRead(false);
 }
 
 /**

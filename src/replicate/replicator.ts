@@ -824,12 +824,21 @@ export class Replicator {
    */
   #readImage<T>(baseline: boolean, use: (image: ImageView) => Promise<T>, discard?: (value: T) => void): Promise<T> {
     return readConsistentImage(this.db, this.#follower, {
-      discard,
+      discard: (value, why) => {
+        this.#log.debug(`snapshot: the database read in place is not proven (${why}); reading it again`, { db: this.db });
+        discard?.(value);
+      },
       baseline,
       onPoll: (r) => {
         if (!baseline && !r.lost) this.#ingest(r);
       },
       locks: this.#locks,
+      // Unpinned beside a WAL, checkpoints may pass the frames read before the
+      // database: a read in place would often fail its proof (a copy is
+      // proven against frames read after it). Without a WAL nothing checkpoints.
+      copyBecause: this.#pinKeeper.holding || !fs.existsSync(`${this.db}-wal`)
+        ? undefined
+        : "walship does not hold its read slot now",
       copyPath: this.#tempPath(),
       onCopy: (why) => this.#log.debug(`snapshot: copying the database first: ${why}`, { db: this.db }),
     }, use);
