@@ -55,6 +55,22 @@ async function liveDatabase(db: string): Promise<SqliteConnection> {
   return con;
 }
 
+/** Runs `fn` beside a live database (liveDatabase) in a fresh directory, closing the connection after. */
+function withLiveDatabase(
+  name: string,
+  fn: (db: string, con: SqliteConnection, dir: string) => Promise<void>,
+): Promise<void> {
+  return withTempDir(name, async (dir) => {
+    const db = path.join(dir, "app.db");
+    const con = await liveDatabase(db);
+    try {
+      await fn(db, con, dir);
+    } finally {
+      con.close();
+    }
+  });
+}
+
 /** Rewrites rows far into the file (past the first 1 MiB run), none of them in the WAL yet. */
 function rewriteTail(con: SqliteConnection, round: number): void {
   con.exec(`UPDATE bulk SET data = randomblob(3500) WHERE id > ${ROWS - 300} AND id % 3 = ${round % 3}`);
@@ -139,55 +155,40 @@ function assertSameImage(actual: Taken, expected: Taken, what: string): void {
 }
 
 test("in place: with nothing moving, the image is read from the live file (no copy) and is the polled state", () =>
-  withTempDir("snapshot-in-place", async (dir) => {
-    const db = path.join(dir, "app.db");
-    const con = await liveDatabase(db);
-    try {
-      const expected = await reference(db, dir);
-      assert.ok(expected.position && expected.position.frame > 0, "frames in the WAL to lay over the file");
-      let runs = 0;
-      const run = await readImage(db, dir, () => runs++);
-      assert.ok(runs >= 4, `read in runs of about 1 MiB, got ${runs}`);
-      assert.deepEqual(run.copied, []);
-      assert.equal(run.discarded.length, 0);
-      assert.ok(!fs.existsSync(run.copyPath), "no copy of the database was made");
-      assertSameImage(run.result, expected, "the image read in place");
-    } finally {
-      con.close();
-    }
+  withLiveDatabase("snapshot-in-place", async (db, _con, dir) => {
+    const expected = await reference(db, dir);
+    assert.ok(expected.position && expected.position.frame > 0, "frames in the WAL to lay over the file");
+    let runs = 0;
+    const run = await readImage(db, dir, () => runs++);
+    assert.ok(runs >= 4, `read in runs of about 1 MiB, got ${runs}`);
+    assert.deepEqual(run.copied, []);
+    assert.equal(run.discarded.length, 0);
+    assert.ok(!fs.existsSync(run.copyPath), "no copy of the database was made");
+    assertSameImage(run.result, expected, "the image read in place");
   }));
 
 test("in place: a commit checkpointed between two runs fails the proof; the read is discarded and done again", () =>
-  withTempDir("snapshot-in-place-ckpt", async (dir) => {
-    const db = path.join(dir, "app.db");
-    const con = await liveDatabase(db);
-    try {
-      const before = await reference(db, dir);
-      const run = await readImage(db, dir, (attempt, first) => {
-        if (attempt !== 1 || first === 1) return;
-        if (first > 1 && first < 1 + 2 * (1 << 20) / PAGE) {
-          rewriteTail(con, first);
-          const [busy, log, done] = checkpoint(con, "PASSIVE");
-          assert.deepEqual([busy, done], [0, log], "the checkpoint copied every frame, the new ones too");
-        }
-      });
-      assert.equal(run.discarded.length, 1, "the first read was not proven");
-      assertSameImage(run.discarded[0], { ...before, bytes: run.discarded[0].bytes }, "the discarded read");
-      assert.ok(
-        Buffer.compare(run.discarded[0].bytes, before.bytes) !== 0,
-        "the discarded read mixed two states (else this case tests nothing)",
-      );
-      assert.deepEqual(run.copied, []);
-      assertSameImage(run.result, await reference(db, dir), "the second read");
-    } finally {
-      con.close();
-    }
+  withLiveDatabase("snapshot-in-place-ckpt", async (db, con, dir) => {
+    const before = await reference(db, dir);
+    const run = await readImage(db, dir, (attempt, first) => {
+      // In the second or third run of the first read only.
+      if (attempt !== 1 || first === 1 || first >= 1 + 2 * (1 << 20) / PAGE) return;
+      rewriteTail(con, first);
+      const [busy, log, done] = checkpoint(con, "PASSIVE");
+      assert.deepEqual([busy, done], [0, log], "the checkpoint copied every frame, the new ones too");
+    });
+    assert.equal(run.discarded.length, 1, "the first read was not proven");
+    assertSameImage(run.discarded[0], { ...before, bytes: run.discarded[0].bytes }, "the discarded read");
+    assert.ok(
+      Buffer.compare(run.discarded[0].bytes, before.bytes) !== 0,
+      "the discarded read mixed two states (else this case tests nothing)",
+    );
+    assert.deepEqual(run.copied, []);
+    assertSameImage(run.result, await reference(db, dir), "the second read");
   }));
 
 test("in place: a checkpoint holding CKPT when a read ends fails the proof", () =>
-  withTempDir("snapshot-in-place-lock", async (dir) => {
-    const db = path.join(dir, "app.db");
-    const con = await liveDatabase(db);
+  withLiveDatabase("snapshot-in-place-lock", async (db, _con, dir) => {
     const locks = await fileLocks();
     const shm = locks.open(`${db}-shm`, true);
     assert.ok(shm.fd >= 0, `open the -shm (errno ${shm.errno})`);
@@ -203,28 +204,21 @@ test("in place: a checkpoint holding CKPT when a read ends fails the proof", () 
       assertSameImage(run.result, expected, "the second read");
     } finally {
       locks.close(shm.fd);
-      con.close();
     }
   }));
 
 test("in place: a checkpoint during every read; after three the database is copied first, and that image is right", () =>
-  withTempDir("snapshot-in-place-copy", async (dir) => {
-    const db = path.join(dir, "app.db");
-    const con = await liveDatabase(db);
-    try {
-      const run = await readImage(db, dir, (_attempt, first) => {
-        if (first !== 1 + (1 << 20) / PAGE) return;
-        rewriteTail(con, first);
-        checkpoint(con, "PASSIVE");
-      });
-      assert.equal(run.discarded.length, 3);
-      assert.equal(run.copied.length, 1);
-      assert.match(run.copied[0], /^3 direct reads failed, the last because (a checkpoint copied frames past \d+|the WAL restarted)/);
-      assert.ok(!fs.existsSync(run.copyPath), "the copy is removed afterwards");
-      assertSameImage(run.result, await reference(db, dir), "the copied image");
-    } finally {
-      con.close();
-    }
+  withLiveDatabase("snapshot-in-place-copy", async (db, con, dir) => {
+    const run = await readImage(db, dir, (_attempt, first) => {
+      if (first !== 1 + (1 << 20) / PAGE) return;
+      rewriteTail(con, first);
+      checkpoint(con, "PASSIVE");
+    });
+    assert.equal(run.discarded.length, 3);
+    assert.equal(run.copied.length, 1);
+    assert.match(run.copied[0], /^3 direct reads failed, the last because (a checkpoint copied frames past \d+|the WAL restarted)/);
+    assert.ok(!fs.existsSync(run.copyPath), "the copy is removed afterwards");
+    assertSameImage(run.result, await reference(db, dir), "the copied image");
   }));
 
 const replicatorCases = [
