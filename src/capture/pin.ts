@@ -35,6 +35,8 @@ import { F_RDLCK, F_UNLCK, F_WRLCK, type FileLocks } from "../runtime.ts";
 import { isHostLittleEndian } from "../sqlite/checksum.ts";
 import { READ_MARK_UNUSED, SHM_LOCK, type WalIndexHeader } from "../sqlite/wal_index.ts";
 
+const ENOENT = 2;
+
 /** Byte offset of aReadMark[0] in the -shm (wal.c: WalCkptInfo after two 48-byte headers, after nBackfill). */
 const READ_MARK_OFFSET = 100;
 
@@ -83,6 +85,12 @@ export class WalPin {
     const shmPath = `${dbPath}-shm`;
     let shm = locks.open(shmPath, true);
     let markFd: number | null = null;
+    if (shm.fd < 0 && shm.errno === ENOENT) {
+      // No -shm yet. Not read-only: one created in between would be opened
+      // read-only and pinned without read marks for good.
+      locks.close(db.fd);
+      return null;
+    }
     if (shm.fd >= 0) {
       try {
         markFd = fs.openSync(shmPath, "r+");
