@@ -22,6 +22,7 @@
  */
 
 import fs from "node:fs";
+import { setImmediate } from "node:timers";
 import { errorMessage, WalshipError } from "../errors.ts";
 import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
 import { F_UNLCK, F_WRLCK, type FileLocks } from "../runtime.ts";
@@ -70,14 +71,7 @@ export async function captureImage(
   for (let attempt = 1; attempt <= attempts; attempt++) {
     const before = liveState(dbPath);
     await copyFile(dbPath, target);
-    for (;;) {
-      const result = follower.poll({ baseline: options.baseline });
-      options.onPoll(result);
-      if (result.lost) {
-        throw new WalshipError("CORRUPT", `snapshot aborted: ${result.lost}`);
-      }
-      if (!result.more) break;
-    }
+    readAll(follower, options);
     const after = liveState(dbPath);
     if (!sameEpoch(before, after)) continue;
     const image = overlay(dbPath, follower, target);
@@ -88,6 +82,22 @@ export async function captureImage(
     `could not take a consistent snapshot of ${dbPath} in ${attempts} attempts: the WAL kept restarting`,
     { transient: true },
   );
+}
+
+/** Polls until the follower has read every commit there is; throws when it reports lost continuity. */
+function readAll(follower: WalFollower, options: CaptureOptions): void {
+  for (;;) {
+    const result = follower.poll({ baseline: options.baseline });
+    options.onPoll(result);
+    if (result.lost) throw new WalshipError("CORRUPT", `snapshot aborted: ${result.lost}`);
+    if (!result.more) return;
+  }
+}
+
+/** Page size and size in pages of a database without WAL frames: from its header, else from its length. */
+function headerGeometry(head: Uint8Array, fileSize: number): { pageSize: number; dbSize: number } {
+  const header = parseDbHeader(head);
+  return { pageSize: header.pageSize, dbSize: header.pageCount ?? Math.floor(fileSize / header.pageSize) };
 }
 
 interface LiveState {
@@ -167,9 +177,7 @@ function overlay(dbPath: string, follower: WalFollower, target: string): Capture
     } else {
       const head = new Uint8Array(DB_HEADER_SIZE);
       fs.readSync(fd, head, 0, DB_HEADER_SIZE, 0);
-      const header = parseDbHeader(head);
-      pageSize = header.pageSize;
-      dbSize = header.pageCount ?? Math.floor(fs.fstatSync(fd).size / pageSize);
+      ({ pageSize, dbSize } = headerGeometry(head, fs.fstatSync(fd).size));
     }
     // Not fsynced: the image is a temporary file; the object made from it is.
     fs.ftruncateSync(fd, dbSize * pageSize);
@@ -340,12 +348,7 @@ async function readDirect<T>(
   use: (image: ImageView) => Promise<T>,
 ): Promise<DirectOutcome<T>> {
   const before = liveState(dbPath);
-  for (;;) {
-    const result = follower.poll({ baseline: options.baseline });
-    options.onPoll(result);
-    if (result.lost) throw new WalshipError("CORRUPT", `snapshot aborted: ${result.lost}`);
-    if (!result.more) break;
-  }
+  readAll(follower, options);
   const position = follower.position ?? null;
   const frames = position?.frame ?? 0;
   const wal = frames > 0 ? openReadOnly(`${dbPath}-wal`) : null;
@@ -367,9 +370,7 @@ async function readDirect<T>(
     } else {
       const head = new Uint8Array(DB_HEADER_SIZE);
       db.read(head, 0, DB_HEADER_SIZE);
-      const header = parseDbHeader(head);
-      pageSize = header.pageSize;
-      dbSize = header.pageCount ?? Math.floor(db.size() / pageSize);
+      ({ pageSize, dbSize } = headerGeometry(head, db.size()));
     }
     // Why the read is not proven; undefined until the last run has been read.
     let moved: string | null | undefined;
