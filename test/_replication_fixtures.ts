@@ -132,8 +132,8 @@ export class WalshipProcess {
   stderr = "";
   readonly exited: Promise<{ code: number | null; signal: string | null }>;
 
-  constructor(args: string[], env: Record<string, string> = {}) {
-    this.child = spawnWalship(args, { env });
+  constructor(args: string[], env: Record<string, string> = {}, wrap?: string[]) {
+    this.child = spawnWalship(args, { env, wrap });
     children.add(this.child);
     this.child.stdout!.on("data", (d) => (this.stdout += d));
     this.child.stderr!.on("data", (d) => {
@@ -208,11 +208,19 @@ export async function runWalship(
 export function startReplicate(
   db: string,
   replica: Replica,
-  options: { syncInterval?: string; cacheDir?: string; extra?: string[] } = {},
+  options: {
+    syncInterval?: string;
+    cacheDir?: string;
+    extra?: string[];
+    /** Added to the environment. */
+    env?: Record<string, string>;
+    /** A command that runs walship for us (see {@linkcode spawnWalship}). */
+    wrap?: string[];
+  } = {},
 ): WalshipProcess {
   const args = ["replicate", db, replica.url, "--sync-interval", options.syncInterval ?? "100ms"];
   if (options.cacheDir) args.push("--cache-dir", options.cacheDir);
-  return new WalshipProcess([...args, ...(options.extra ?? [])], replica.env);
+  return new WalshipProcess([...args, ...(options.extra ?? [])], { ...replica.env, ...options.env }, options.wrap);
 }
 
 /** `walship generations --json`, parsed. */

@@ -171,6 +171,8 @@ export interface SpawnWalshipOptions {
   env?: Record<string, string>;
   /** Run this executable (the compiled dist/walship) instead of the source on this runtime. */
   executable?: string;
+  /** A command that runs walship for us, e.g. `["setpriv", "--reuid=65534", …]` to run it as another user. */
+  wrap?: string[];
 }
 
 /**
@@ -192,5 +194,7 @@ export function spawnWalship(
   for (const [k, v] of Object.entries(process.env)) {
     if (v !== undefined && !k.startsWith("AWS_") && k !== "WALSHIP_DEBUG") env[k] = v;
   }
-  return spawn(command, argv, { cwd: ROOT, env: { ...env, NO_COLOR: "1", ...options.env } });
+  const wrap = options.wrap ?? [];
+  const [file, ...rest] = [...wrap, command, ...argv];
+  return spawn(file, rest, { cwd: ROOT, env: { ...env, NO_COLOR: "1", ...options.env } });
 }

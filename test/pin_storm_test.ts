@@ -16,10 +16,15 @@
  *   ledger notices, and walship heals (or starts a generation) with a
  *   reason logged at warn level. The replica still ends exact, and restores
  *   by txid or by time only ever give states the writer really had, in
- *   order.
+ *   order;
+ * - pinned by a user who may not write the -shm (run as another user, as
+ *   root only): the pin holds a slot without a read mark, and every app
+ *   checkpoint still goes through.
  */
 
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
 import path from "node:path";
 import process from "node:process";
 import { test } from "./_runtime.ts";
@@ -64,6 +69,7 @@ async function pinnedStorm(
   dir: string,
   options: Omit<StormOptions, "seed">,
   check: (storm: StormResult) => void = () => {},
+  how: { replicate?: Parameters<typeof startReplicate>[2]; readMark?: boolean } = {},
 ): Promise<StormResult> {
   const seed = testSeed();
   const rand = prng(seed);
@@ -71,7 +77,7 @@ async function pinnedStorm(
   const replica = await freshReplica(backend, dir);
   const db = path.join(dir, "app.db");
   const writer = await StormWriter.start(db, { seed, ...options });
-  const p = startReplicate(db, replica);
+  const p = startReplicate(db, replica, how.replicate);
   try {
     await p.waitForLog(/^replicating$/);
     writer.go();
@@ -81,7 +87,10 @@ async function pinnedStorm(
     const last = 1 + storm.commits.length;
     // SIGTERM ships everything committed and waits for the uploads.
     assert.equal(await p.terminate(), 0, p.stderr);
-    assert.equal(p.log.filter((l) => /^pinned/.test(l.message)).length, 1, `"pinned" once:\n${p.stderr}`);
+    const pinned = p.log.filter((l) => /^pinned/.test(l.message));
+    assert.equal(pinned.length, 1, `"pinned" once:\n${p.stderr}`);
+    const readMark = how.readMark ?? true;
+    assert.equal(pinned[0].fields.readMark, readMark, `the pin's slot ${readMark ? "carries" : "has no"} read mark`);
     const lost = p.log.filter((l) => /heal|repair|continuity lost|new generation/i.test(l.message)).map((l) => l.message);
     assert.deepEqual(lost, [], `no heal, no repair ${why}`);
     assert.deepEqual(p.log.filter((l) => l.level === "warn" || l.level === "error"), [], `no warning ${why}`);
@@ -131,20 +140,7 @@ for (const backend of BACKENDS) {
         autocheckpoint: 10,
         busyTimeout: 5000,
         stopOnBusy: true,
-      }, (storm) => {
-        const checkpoints = [...storm.checkpoints, storm.final];
-        const ms = checkpoints.map((c) => c.ms);
-        if (process.env.WALSHIP_TEST_ECHO) {
-          console.error(`pinned storm (${backend}): ${checkpoints.length} TRUNCATE checkpoints, ms p50 ` +
-            `${quantile(ms, 0.5).toFixed(1)} p90 ${quantile(ms, 0.9).toFixed(1)} max ${Math.max(...ms).toFixed(1)}`);
-        }
-        for (const c of checkpoints) {
-          assert.deepEqual(c.result, [0, 0, 0], `the TRUNCATE checkpoint after commit ${c.after} went through`);
-          assert.ok(c.ms < 1000, `the TRUNCATE checkpoint after commit ${c.after} took ${c.ms.toFixed(0)} ms`);
-        }
-        assert.equal(storm.commits.length, TRANSACTIONS, "the storm ran to its end");
-        assert.equal(storm.checkpoints.length, TRANSACTIONS / TRUNCATE_EVERY);
-      });
+      }, (storm) => assertCheckpointsWentThrough(storm, `pinned storm (${backend})`));
     }));
 
   test(`${backend}: with --no-pin, a write storm outruns walship; it heals with logged reasons and never restores a state that did not exist`, () =>
@@ -239,6 +235,46 @@ for (const backend of BACKENDS) {
       }
     }));
 }
+
+/** Every checkpoint of a storm came back done (busy 0) and within 1 s (a busy one waits the whole 5 s timeout). */
+function assertCheckpointsWentThrough(storm: StormResult, what: string): void {
+  const checkpoints = [...storm.checkpoints, storm.final];
+  const ms = checkpoints.map((c) => c.ms);
+  if (process.env.WALSHIP_TEST_ECHO) {
+    console.error(`${what}: ${checkpoints.length} TRUNCATE checkpoints, ms p50 ` +
+      `${quantile(ms, 0.5).toFixed(1)} p90 ${quantile(ms, 0.9).toFixed(1)} max ${Math.max(...ms).toFixed(1)}`);
+  }
+  for (const c of checkpoints) {
+    assert.deepEqual(c.result, [0, 0, 0], `the TRUNCATE checkpoint after commit ${c.after} went through`);
+    assert.ok(c.ms < 1000, `the TRUNCATE checkpoint after commit ${c.after} took ${c.ms.toFixed(0)} ms`);
+  }
+  assert.equal(storm.commits.length, TRANSACTIONS, "the storm ran to its end");
+  assert.equal(storm.checkpoints.length, TRANSACTIONS / TRUNCATE_EVERY);
+}
+
+// walship run by a user who may read the database and its -shm but not write
+// them (another account than the app's): the pin then holds a read slot
+// without setting a read mark, and must still let each TRUNCATE checkpoint
+// through. Only root can start walship as another user (setpriv), as CI runs.
+const NOBODY = 65534;
+const asRoot = process.getuid?.() === 0 && spawnSync("setpriv", ["--version"]).status === 0;
+test(`file: pinned by a user who cannot write the -shm (no read marks), ${asRoot ? "" : "[needs root and setpriv: NOT RUN] "}every TRUNCATE checkpoint of a write storm goes through and every commit is one txid`, () => {
+  if (!asRoot) return console.error("pin_storm_test: not root (or no setpriv): the read-only -shm case was not run");
+  return withTempDir("pin-readonly", async (dir) => {
+    // walship (as nobody) writes its cache and the file replica here; the app's files stay 0644, root's.
+    fs.chmodSync(dir, 0o777);
+    await pinnedStorm("file", dir, {
+      transactions: TRANSACTIONS,
+      truncateEvery: TRUNCATE_EVERY,
+      autocheckpoint: 10,
+      busyTimeout: 5000,
+      stopOnBusy: true,
+    }, (storm) => assertCheckpointsWentThrough(storm, "read-only -shm storm"), {
+      replicate: { wrap: ["setpriv", `--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups"], env: { HOME: dir } },
+      readMark: false,
+    });
+  });
+});
 
 /** The largest the storm's WAL got, in frames of 4 KiB pages (said with WALSHIP_TEST_ECHO, with its restarts). */
 function largestWal(storm: StormResult): number {

@@ -194,13 +194,15 @@ export class PinKeeper {
     if (pin.checkpointerWaiting()) {
       if (!(await this.#checkpointerSure(follower, shm))) return false;
       round.flushAll();
-      if (await this.#handOver(shm)) return true;
-      if (pin.slot !== null) return false;
-      // No free slot to move to: let go, and watch closely. Once it has its slot, it backfills,
-      // restarts or truncates the WAL and lets the writer go on within a few milliseconds, and an
-      // app with a low autocheckpoint could restart the new WAL soon after: watched without
-      // yielding until backfill is kept out or the slot is back (SQLite's busy handler sleeps at
-      // most 100 ms between tries).
+      const handed = await this.#handOver(shm);
+      if (handed) return true;
+      if (handed === false && pin.slot !== null) return false;
+      // It could not move (no read marks, as with a -shm walship may not write; or no free slot),
+      // or it moved and found no slot to take back: let go, and watch closely. Once it has its
+      // slot, it backfills, restarts or truncates the WAL and lets the writer go on within a few
+      // milliseconds, and an app with a low autocheckpoint could restart the new WAL soon after:
+      // watched without yielding until backfill is kept out or the slot is back (SQLite's busy
+      // handler sleeps at most 100 ms between tries).
       this.#startLetGo("checkpoint", shm);
       let restarted = false;
       const until = Date.now() + CHECKPOINT_SPIN_MS;
@@ -209,7 +211,8 @@ export class PinKeeper {
       }
       while (this.#letGo) {
         await yieldNow();
-        restarted = this.#watchLetGo(this.#readShm()) || restarted;
+        // The looker may have ended the let-go meanwhile (and told onRestart).
+        if (this.#letGo) restarted = this.#watchLetGo(this.#readShm()) || restarted;
       }
       return restarted;
     }
@@ -243,12 +246,12 @@ export class PinKeeper {
    * backfills everything and waits on the new one), keeps backfill out once
    * the WAL is fully backfilled, and only then lets the slot go. The new WAL
    * cannot be backfilled, so it cannot restart again before walship holds a
-   * slot once more. False when it could not move, or when no restart came
-   * (the slot held then is a good one).
+   * slot once more. Null when it could not move (the slot is still held);
+   * false when no restart came (the slot held then, if any, is a good one).
    */
-  async #handOver(shm: WalIndexHeader): Promise<boolean> {
+  async #handOver(shm: WalIndexHeader): Promise<boolean | null> {
     const pin = this.#pin!;
-    if (!pin.moveToFreshMark(() => this.#readShm())) return false;
+    if (!pin.moveToFreshMark(() => this.#readShm())) return null;
     const since = Date.now();
     const sameEpoch = (h: WalIndexHeader) => h.salt1 === shm.salt1 && h.salt2 === shm.salt2;
     for (;;) {
