@@ -796,6 +796,12 @@ async function main() {
       console.log("\n" + table(w));
     }
   } finally {
+    if (opts.keep) {
+      // Keep the bucket too, so restores can be timed again against a
+      // server started on it by hand (test/_s3rver_main.cjs --dir).
+      await s3.stop();
+      fs.renameSync(path.join(work, s3dir), path.join(work, "s3rver-kept"));
+    }
     await s3.close();
     if (!opts.keep && !opts.dir) fs.rmSync(work, { recursive: true, force: true });
   }
