@@ -34,11 +34,13 @@ export interface ApplyLimit {
 }
 
 /**
- * Applies one segment's transactions to the file `fd`, within `limit`.
- * Returns true when the limit was reached (later segments must not apply).
+ * Applies one segment's transactions within `limit`, to the file `fd`
+ * (written before it returns) or to `pages` (written when the caller
+ * flushes them: many segments' pages may wait there together). Returns true
+ * when the limit was reached (later segments must not apply).
  */
 export function applySegment(
-  fd: number,
+  target: number | LastVersions,
   state: ApplyState,
   meta: SegmentMeta,
   body: Uint8Array | Uint8Array[],
@@ -56,8 +58,12 @@ export function applySegment(
   let bigEndian = meta.bigEndian;
   let pos = state.position;
   const sum = new Uint32Array(2);
-  // Pages are written when the segment is done or stops at the limit (an error discards the output).
-  const pages = new LastVersions(fd, pageSize);
+  // An error discards the output: pages need writing only once it is known to be good.
+  const pages = typeof target === "number" ? new LastVersions(target, pageSize) : target;
+  const done = (limitReached: boolean) => {
+    if (pages !== target) pages.flush();
+    return limitReached;
+  };
   for (const rec of decodeSegmentBody(body, pageSize, what)) {
     if (rec.tag === "header") {
       const h = parseWalHeader(rec.header);
@@ -67,8 +73,7 @@ export function applySegment(
       continue;
     }
     if ((limit.txid !== null && state.txid >= limit.txid) || (limit.timestamp !== null && rec.time > limit.timestamp)) {
-      pages.flush();
-      return true;
+      return done(true);
     }
     if (rec.tag === "heal") {
       // A heal carries whole pages, not frames: nothing to chain; it says
@@ -122,22 +127,22 @@ export function applySegment(
     state.txid++;
     state.time = rec.time;
   }
-  pages.flush();
   if (state.txid !== meta.lastTxid) throw corrupt(`ends at txid ${state.txid}, its name says ${meta.lastTxid}`);
   if (!samePosition(pos, meta.end)) throw corrupt("ends at another WAL position than it records");
   state.position = pos;
   state.bigEndian = bigEndian;
-  return limit.txid !== null && state.txid >= limit.txid;
+  return done(limit.txid !== null && state.txid >= limit.txid);
 }
 
 /**
- * The last version of each page a segment wrote, written once the segment
- * is applied (or stops at its limit): a page rewritten by many of its
- * transactions is written once, and consecutive pages go in one writev.
- * Every frame is still verified as it comes.
+ * The last version of each page the segments applied wrote, written on
+ * {@linkcode flush} or once too much is held: a page rewritten by many
+ * transactions is written once (once per flush), and consecutive pages go in
+ * one writev. Every frame is still verified as it comes.
  */
-class LastVersions {
+export class LastVersions {
   #pages = new Map<number, Uint8Array>();
+  #held = 0;
   readonly #fd: number;
   readonly #pageSize: number;
 
@@ -146,8 +151,15 @@ class LastVersions {
     this.#pageSize = pageSize;
   }
 
+  /**
+   * Holds `page` (a view into a segment's body) as the last version of
+   * `pgno`; writes every page held once the bodies they keep alive may reach
+   * {@linkcode HELD_BYTES}.
+   */
   set(pgno: number, page: Uint8Array): void {
     this.#pages.set(pgno, page);
+    this.#held += page.length;
+    if (this.#held >= HELD_BYTES) this.flush();
   }
 
   flush(): void {
@@ -159,8 +171,12 @@ class LastVersions {
       i = j;
     }
     this.#pages.clear();
+    this.#held = 0;
   }
 }
+
+/** Bytes of pages set (overwritten ones too: their bodies stay alive) before the pages held are written. */
+const HELD_BYTES = 64 << 20;
 
 /** Buffers per writev (Linux's IOV_MAX). */
 const MAX_IOV = 1024;

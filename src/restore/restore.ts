@@ -19,7 +19,7 @@ import { decodeObject } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { decompressSegmentParts } from "../replica/segment.ts";
 import { createZstdDecompressStream } from "../replica/zstd.ts";
-import { type ApplyState, applySegment } from "./apply.ts";
+import { type ApplyState, applySegment, LastVersions } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
 import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
 
@@ -218,6 +218,8 @@ async function applySegments(
   progress: ProgressCounter | null,
 ): Promise<void> {
   const segments = plan.segments;
+  // Pages wait here across segments (a page rewritten by many is written once), until the end.
+  const pages = new LastVersions(fd, state.pageSize);
   const fetches: Array<Promise<Uint8Array>> = [];
   const fetch = (i: number) => {
     const p = storage.get(segments[i].key);
@@ -238,7 +240,7 @@ async function applySegments(
       throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
     }
     const body = decompressSegmentParts(meta, payload, what);
-    const done = applySegment(fd, state, meta, body, plan, what);
-    if (done) return;
+    if (applySegment(pages, state, meta, body, plan, what)) break;
   }
+  pages.flush();
 }
