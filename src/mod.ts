@@ -105,7 +105,7 @@ export interface RestoreOptions {
   txid?: number;
   /** Replace an existing output. */
   force?: boolean;
-  /** Objects downloaded at once; default 8. */
+  /** Segments downloaded at once; default 32 (at most 64 MiB of them ahead). */
   parallelism?: number;
 }
 

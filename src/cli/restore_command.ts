@@ -13,7 +13,7 @@ import { createLog, type Log } from "../log.ts";
 import { openReplica } from "../replica/open_replica.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { describeGenerations } from "../restore/describe.ts";
-import { restoreDatabase } from "../restore/restore.ts";
+import { DEFAULT_PARALLELISM, restoreDatabase } from "../restore/restore.ts";
 import { type Output, processOutput } from "./output.ts";
 import { createProgress } from "./progress.ts";
 
@@ -47,7 +47,7 @@ export function registerRestore(cli: CAC, output: Output): void {
     .option("--if-replica-exists", "Exit 0 quietly when the replica holds no backup")
     .option("--if-db-not-exists", "Exit 0 quietly when the output already exists")
     .option("--force", "Replace an existing output file")
-    .option("--parallelism <n>", "Objects downloaded at once", { default: 8 })
+    .option("--parallelism <n>", "Segments downloaded at once (at most 64 MiB of them ahead)", { default: DEFAULT_PARALLELISM })
     .option("--json", "Print the result as JSON")
     .option("--config <file>", "Config file to find the database's replicas in (default: $WALSHIP_CONFIG, else /etc/walship.yml)")
     .option("--no-expand-env", "Do not replace $VAR and ${VAR} in the config file")

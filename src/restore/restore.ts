@@ -23,6 +23,11 @@ import { type ApplyState, applySegment, LastVersions } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
 import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
 
+/** Segments downloaded at once by default: many small ones are bound by each request's round trip. */
+export const DEFAULT_PARALLELISM = 32;
+/** Bytes of segments fetched ahead by default: the memory a restore may hold in downloads. */
+export const DEFAULT_AHEAD_BYTES = 64 << 20;
+
 /** Options for {@linkcode restoreDatabase}. */
 export interface RestoreOptions {
   storage: ReplicaStorage;
@@ -31,8 +36,14 @@ export interface RestoreOptions {
   target?: RestoreTarget;
   /** Replace an existing output (and delete its stale -wal and -shm). */
   force?: boolean;
-  /** Segments downloaded at once; default 8. */
+  /** Segments downloaded at once; default 32. */
   parallelism?: number;
+  /**
+   * Bytes of segments (as listed) fetched ahead of the one being applied, at
+   * most; default 64 MiB. Large segments are then fetched fewer at a time.
+   * One is always fetched, however large.
+   */
+  aheadBytes?: number;
   log?: Log;
   /**
    * Called as objects download, with bytes received so far and the total
@@ -94,7 +105,8 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
   try {
     const progress = progressCounter(plan, options.onProgress);
     const state = await restoreSnapshot(storage, plan, fd, progress);
-    await applySegments(storage, plan, fd, state, options.parallelism ?? 8, progress);
+    const window = { parallelism: options.parallelism ?? DEFAULT_PARALLELISM, aheadBytes: options.aheadBytes ?? DEFAULT_AHEAD_BYTES };
+    await applySegments(storage, plan, fd, state, window, progress);
     fs.ftruncateSync(fd, state.dbSize * state.pageSize);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
@@ -214,25 +226,38 @@ async function applySegments(
   plan: RestorePlan,
   fd: number,
   state: ApplyState,
-  parallelism: number,
+  window: { parallelism: number; aheadBytes: number },
   progress: ProgressCounter | null,
 ): Promise<void> {
   const segments = plan.segments;
   // Pages wait here across segments (a page rewritten by many is written once), until the end.
   const pages = new LastVersions(fd, state.pageSize);
+  // Segments are fetched ahead, in order: up to `parallelism` at once, and
+  // no more than `aheadBytes` (as listed) beyond the one being applied.
+  const { parallelism, aheadBytes } = window;
   const fetches: Array<Promise<Uint8Array>> = [];
-  const fetch = (i: number) => {
-    const p = storage.get(segments[i].key);
-    p.catch(() => {}); // awaited in order below; this only silences an early rejection
-    fetches[i] = p;
+  let next = 0;
+  let ahead = 0;
+  const fetchAhead = (applying: number) => {
+    while (
+      next < segments.length && next - applying < parallelism &&
+      (next === applying || ahead + segments[next].size <= aheadBytes)
+    ) {
+      const p = storage.get(segments[next].key);
+      p.catch(() => {}); // awaited in order below; this only silences an early rejection
+      fetches[next] = p;
+      ahead += segments[next].size;
+      next++;
+    }
   };
-  for (let i = 0; i < Math.min(parallelism, segments.length); i++) fetch(i);
   for (let i = 0; i < segments.length; i++) {
     const entry = segments[i];
     const what = `${storage.location}/${entry.key}`;
+    fetchAhead(i);
     const bytes = await fetches[i];
     delete fetches[i];
-    if (i + parallelism < segments.length) fetch(i + parallelism);
+    ahead -= entry.size;
+    fetchAhead(i + 1);
     progress?.add(bytes.length);
     const { meta, payload } = decodeObject(bytes, what);
     if (meta.kind !== "segment" || meta.generation !== plan.generation ||
