@@ -59,3 +59,46 @@ export function renameDurable(from: string, to: string): void {
     throw ioError(`cannot move ${from} to ${to}`, err);
   }
 }
+
+/**
+ * Lets the kernel write a large file back while more of it is written: an
+ * fdatasync on the thread pool once every `every` bytes (one at a time, not
+ * waited for), so the fsync that must end the file finds little left to do.
+ * A failed sync is kept and thrown by {@linkcode settle}: the kernel reports
+ * a write-back error once, so the final fsync might not see it again.
+ */
+export class EarlyWriteback {
+  readonly #fd: number;
+  readonly #every: number;
+  #since = 0;
+  #inFlight: Promise<void> | null = null;
+  #error: Error | null = null;
+  /** Syncs started so far. */
+  syncs = 0;
+
+  constructor(fd: number, every = 128 << 20) {
+    this.#fd = fd;
+    this.#every = every;
+  }
+
+  /** Counts `n` bytes written; starts a sync when enough are and none is in flight. */
+  wrote(n: number): void {
+    this.#since += n;
+    if (this.#since < this.#every || this.#inFlight) return;
+    this.#since = 0;
+    this.syncs++;
+    this.#inFlight = new Promise((resolve) =>
+      fs.fdatasync(this.#fd, (err) => {
+        if (err) this.#error ??= err;
+        this.#inFlight = null;
+        resolve();
+      })
+    );
+  }
+
+  /** Waits for the sync in flight (before the descriptor is synced or closed); throws one that failed. */
+  async settle(): Promise<void> {
+    await this.#inFlight;
+    if (this.#error) throw this.#error;
+  }
+}

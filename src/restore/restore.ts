@@ -12,7 +12,7 @@ import path from "node:path";
 import { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { ioError } from "../capture/file_source.ts";
-import { fsyncDir, tempPathBeside } from "../durable.ts";
+import { EarlyWriteback, fsyncDir, tempPathBeside } from "../durable.ts";
 import { WalshipError } from "../errors.ts";
 import { type Log, silentLog } from "../log.ts";
 import { decodeObject } from "../replica/object_format.ts";
@@ -179,6 +179,8 @@ async function restoreSnapshot(
   const what = `${storage.location}/${plan.snapshot.key}`;
   const out: StreamedObject = { meta: null };
   let written = 0;
+  // The image is written back as it comes, so the restore's final fsync has little left to do.
+  const writeback = new EarlyWriteback(fd);
   try {
     const source = await storage.getStream(plan.snapshot.key);
     await pipeline(
@@ -193,6 +195,7 @@ async function restoreSnapshot(
             let done = 0;
             while (done < chunk.length) done += fs.writeSync(fd, chunk, done, chunk.length - done, written + done);
             written += chunk.length;
+            writeback.wrote(chunk.length);
             callback();
           } catch (err) {
             callback(err as Error);
@@ -201,9 +204,11 @@ async function restoreSnapshot(
       }),
     );
   } catch (err) {
+    await writeback.settle().catch(() => {}); // the restore fails anyway
     if (err instanceof WalshipError) throw err;
     throw new WalshipError("CORRUPT", `${what} is corrupted (${(err as Error).message})`, { cause: err });
   }
+  await writeback.settle();
   const meta = out.meta;
   if (meta?.kind !== "snapshot" || meta.generation !== plan.generation || meta.txid !== plan.snapshot.txid) {
     throw new WalshipError("CORRUPT", `${what} does not hold the snapshot its name says`);
