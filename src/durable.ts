@@ -73,8 +73,7 @@ export class EarlyWriteback {
   #since = 0;
   #inFlight: Promise<void> | null = null;
   #error: Error | null = null;
-  /** Syncs started so far. */
-  syncs = 0;
+  #syncs = 0;
 
   constructor(fd: number, every = 128 << 20) {
     this.#fd = fd;
@@ -86,7 +85,7 @@ export class EarlyWriteback {
     this.#since += n;
     if (this.#since < this.#every || this.#inFlight) return;
     this.#since = 0;
-    this.syncs++;
+    this.#syncs++;
     this.#inFlight = new Promise((resolve) =>
       fs.fdatasync(this.#fd, (err) => {
         if (err) this.#error ??= err;
@@ -94,6 +93,11 @@ export class EarlyWriteback {
         resolve();
       })
     );
+  }
+
+  /** Syncs started so far. */
+  get syncs(): number {
+    return this.#syncs;
   }
 
   /** Waits for the sync in flight (before the descriptor is synced or closed); throws one that failed. */

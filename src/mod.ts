@@ -105,8 +105,10 @@ export interface RestoreOptions {
   txid?: number;
   /** Replace an existing output. */
   force?: boolean;
-  /** Segments downloaded at once; default 32 (at most 64 MiB of them ahead). */
+  /** Segments downloaded at once; default 32. */
   parallelism?: number;
+  /** Bytes of segments fetched ahead of the one being applied, at most; default 64 MiB (one is always fetched). */
+  aheadBytes?: number;
 }
 
 /**
@@ -129,6 +131,7 @@ export function restore(options: RestoreOptions): Promise<RestoreResult> {
     },
     force: options.force,
     parallelism: options.parallelism,
+    aheadBytes: options.aheadBytes,
   });
 }
 

@@ -105,8 +105,10 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
   try {
     const progress = progressCounter(plan, options.onProgress);
     const state = await restoreSnapshot(storage, plan, fd, progress);
-    const window = { parallelism: options.parallelism ?? DEFAULT_PARALLELISM, aheadBytes: options.aheadBytes ?? DEFAULT_AHEAD_BYTES };
-    await applySegments(storage, plan, fd, state, window, progress);
+    await applySegments(storage, plan, fd, state, {
+      parallelism: options.parallelism ?? DEFAULT_PARALLELISM,
+      aheadBytes: options.aheadBytes ?? DEFAULT_AHEAD_BYTES,
+    }, progress);
     fs.ftruncateSync(fd, state.dbSize * state.pageSize);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
