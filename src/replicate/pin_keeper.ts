@@ -39,7 +39,7 @@ import type { WalFollower } from "../capture/wal_follower.ts";
 import { errorMessage, WalshipError } from "../errors.ts";
 import type { Log } from "../log.ts";
 import { type FileLocks, loadFileLocks } from "../runtime.ts";
-import type { WalIndexHeader } from "../sqlite/wal_index.ts";
+import { READ_MARK_UNUSED, type WalIndexHeader } from "../sqlite/wal_index.ts";
 import { clearInterval, setImmediate, setInterval } from "node:timers";
 
 /** Open a restart window once the WAL holds this many frames (SQLite's own autocheckpoint default). */
@@ -197,12 +197,13 @@ export class PinKeeper {
       const handed = await this.#handOver(shm);
       if (handed) return true;
       if (handed === false && pin.slot !== null) return false;
-      // It could not move (no read marks, as with a -shm walship may not write; or no free slot),
-      // or it moved and found no slot to take back: let go, and watch closely. Once it has its
-      // slot, it backfills, restarts or truncates the WAL and lets the writer go on within a few
-      // milliseconds, and an app with a low autocheckpoint could restart the new WAL soon after:
-      // watched without yielding until backfill is kept out or the slot is back (SQLite's busy
-      // handler sleeps at most 100 ms between tries).
+      // Its slot holds back the backfill and it could not move (no read marks, as with a -shm
+      // walship may not write; or no free slot), or it found no slot to take back after the
+      // checkpoint: let go, and watch closely. Once it has its slot, it backfills, restarts or
+      // truncates the WAL and lets the writer go on within a few milliseconds, and an app with a
+      // low autocheckpoint could restart the new WAL soon after: watched without yielding until
+      // backfill is kept out or the slot is back (SQLite's busy handler sleeps at most 100 ms
+      // between tries).
       this.#startLetGo("checkpoint", shm);
       let restarted = false;
       const until = Date.now() + CHECKPOINT_SPIN_MS;
@@ -246,12 +247,17 @@ export class PinKeeper {
    * backfills everything and waits on the new one), keeps backfill out once
    * the WAL is fully backfilled, and only then lets the slot go. The new WAL
    * cannot be backfilled, so it cannot restart again before walship holds a
-   * slot once more. Null when it could not move (the slot is still held);
-   * false when no restart came (the slot held then, if any, is a good one).
+   * slot once more. Null when its slot stops the checkpointer's backfill and
+   * it could not move (the slot is still held); false when no restart came
+   * (the slot held then, if any, is a good one).
    */
   async #handOver(shm: WalIndexHeader): Promise<boolean | null> {
     const pin = this.#pin!;
-    if (!pin.moveToFreshMark(() => this.#readShm())) return null;
+    // Without read marks (a -shm walship may not write), or with no free slot, the slot stays. The
+    // checkpointer still backfills everything when that slot's mark holds nothing back (unused, or
+    // at the last frame), and the hand-over goes on; when the mark stops its backfill, it waits for
+    // that slot, not for the restart: null.
+    const moved = pin.moveToFreshMark(() => this.#readShm());
     const since = Date.now();
     const sameEpoch = (h: WalIndexHeader) => h.salt1 === shm.salt1 && h.salt2 === shm.salt2;
     for (;;) {
@@ -263,7 +269,9 @@ export class PinKeeper {
         if (again && sameEpoch(again) && again.nBackfill === again.mxFrame) break;
         pin.letBackfillIn();
       }
-      if (Date.now() - since >= CHECKPOINT_WAIT_MS) return false;
+      const mark = h.readMarks[pin.slot!];
+      if (!moved && mark !== READ_MARK_UNUSED && mark < h.mxFrame && h.nBackfill >= mark) return null;
+      if (Date.now() - since >= CHECKPOINT_WAIT_MS) return moved ? false : null;
       await sleep(1);
     }
     pin.letGo();
