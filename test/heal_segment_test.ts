@@ -22,7 +22,7 @@ import { decodeSegmentBody, encodeSegmentBody, type SegmentRecord, TAG_HEAL } fr
 import { zstdDecompress } from "../src/replica/zstd.ts";
 import { SegmentBuilder } from "../src/replicate/segment_builder.ts";
 import { writeSnapshotObject } from "../src/replicate/snapshot_object.ts";
-import { type ApplyState, applySegment } from "../src/restore/apply.ts";
+import { type ApplyState, applySegment, LastVersions } from "../src/restore/apply.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
 import { encodeWalHeader } from "../src/sqlite/wal.ts";
 import type { WalPosition } from "../src/sqlite/wal_scanner.ts";
@@ -186,19 +186,20 @@ test("restores through heals: grows, chains on from the heal's position, shrinks
     const { meta, payload } = decodeObject(await storage.get(second), second);
     const body = zstdDecompress(payload);
     const fd = fs.openSync(path.join(dir, "scratch"), "w+");
+    const pages = new LastVersions(fd, PAGE);
     try {
       const state = (): ApplyState => ({ position: p1, bigEndian: true, pageSize: PAGE, dbSize: 12, txid: 3, time: 0 });
       const limit = { txid: null, timestamp: null };
-      assert.throws(() => applySegment(fd, { ...state(), position: f.pos }, meta as SegmentMeta, body, limit, "s"), /does not start where/);
+      assert.throws(() => applySegment(pages, { ...state(), position: f.pos }, meta as SegmentMeta, body, limit, "s"), /does not start where/);
       const littleEndian = { ...meta, bigEndian: false } as SegmentMeta;
-      assert.throws(() => applySegment(fd, state(), littleEndian, body, limit, "s"), /checksum chain/, "the heal's byte order counts");
+      assert.throws(() => applySegment(pages, state(), littleEndian, body, limit, "s"), /checksum chain/, "the heal's byte order counts");
       // …and a heal page numbered 0.
       const bad = encodeSegmentBody([...decodeSegmentBody(body, PAGE, "s")].map((r) =>
         r.tag === "heal" ? { ...r, pages: [{ pgno: 0, page: r.pages[0].page }] } : r
       ));
-      assert.throws(() => applySegment(fd, state(), { ...meta, bodySize: bad.length } as SegmentMeta, bad, limit, "s"), /malformed/);
+      assert.throws(() => applySegment(pages, state(), { ...meta, bodySize: bad.length } as SegmentMeta, bad, limit, "s"), /malformed/);
       const ok = state();
-      assert.equal(applySegment(fd, ok, meta as SegmentMeta, body, limit, "s"), false);
+      assert.equal(applySegment(pages, ok, meta as SegmentMeta, body, limit, "s"), false);
       assert.deepEqual([ok.txid, ok.dbSize, ok.position, ok.bigEndian, ok.time], [5, 5, null, false, t0 + 5000]);
     } finally {
       fs.closeSync(fd);

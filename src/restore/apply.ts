@@ -34,13 +34,13 @@ export interface ApplyLimit {
 }
 
 /**
- * Applies one segment's transactions within `limit`, to the file `fd`
- * (written before it returns) or to `pages` (written when the caller
- * flushes them: many segments' pages may wait there together). Returns true
- * when the limit was reached (later segments must not apply).
+ * Applies one segment's transactions within `limit` to `pages`, which the
+ * caller flushes once it stops applying (many segments' pages may wait there
+ * together; an error discards the output, so nothing needs writing before).
+ * Returns true when the limit was reached (later segments must not apply).
  */
 export function applySegment(
-  target: number | LastVersions,
+  pages: LastVersions,
   state: ApplyState,
   meta: SegmentMeta,
   body: Uint8Array | Uint8Array[],
@@ -58,12 +58,6 @@ export function applySegment(
   let bigEndian = meta.bigEndian;
   let pos = state.position;
   const sum = new Uint32Array(2);
-  // An error discards the output: pages need writing only once it is known to be good.
-  const pages = typeof target === "number" ? new LastVersions(target, pageSize) : target;
-  const done = (limitReached: boolean) => {
-    if (pages !== target) pages.flush();
-    return limitReached;
-  };
   for (const rec of decodeSegmentBody(body, pageSize, what)) {
     if (rec.tag === "header") {
       const h = parseWalHeader(rec.header);
@@ -73,7 +67,7 @@ export function applySegment(
       continue;
     }
     if ((limit.txid !== null && state.txid >= limit.txid) || (limit.timestamp !== null && rec.time > limit.timestamp)) {
-      return done(true);
+      return true;
     }
     if (rec.tag === "heal") {
       // A heal carries whole pages, not frames: nothing to chain; it says
@@ -131,7 +125,7 @@ export function applySegment(
   if (!samePosition(pos, meta.end)) throw corrupt("ends at another WAL position than it records");
   state.position = pos;
   state.bigEndian = bigEndian;
-  return done(limit.txid !== null && state.txid >= limit.txid);
+  return limit.txid !== null && state.txid >= limit.txid;
 }
 
 /**
