@@ -33,7 +33,11 @@ export interface ObservedTransaction extends WalTransaction {
 
 /** What one {@linkcode WalFollower.poll} found. */
 export interface FollowResult {
-  /** New committed transactions, in order. */
+  /**
+   * New committed transactions, in order. Their frames are read into
+   * buffers the follower reuses: valid until its next poll, so copy what
+   * must outlive it.
+   */
   transactions: ObservedTransaction[];
   /** The 32-byte header of a new epoch the transactions start, if they start one. */
   epochHeader: Uint8Array | null;
@@ -69,6 +73,7 @@ export class WalFollower {
   #now: () => number;
   #retries = 0;
   #baseDbSignature: string | null = null;
+  #buffers = new ReadBuffers();
   readonly dbPath: string;
 
   constructor(dbPath: string, position: WalPosition | null, options: FollowerOptions = {}) {
@@ -140,6 +145,7 @@ export class WalFollower {
    */
   poll(options: { baseline?: boolean } = {}): FollowResult {
     const baseline = options.baseline ?? false;
+    this.#buffers.reuse();
     // The -shm is read before the WAL: every frame up to its mxFrame is then
     // already in the file, so a scan below covers it and can pair with it.
     const shm = this.#readShm();
@@ -192,7 +198,7 @@ export class WalFollower {
       if (verdict !== null) return nothing(verdict);
     }
     this.#retries = 0;
-    const scan = scanFrames(wal, header, newEpoch ? null : from, { collect: true, maxBytes: this.#maxBytes });
+    const scan = scanFrames(wal, header, newEpoch ? null : from, { collect: true, maxBytes: this.#maxBytes, chunk: this.#buffers.take });
     const txs = scan.transactions;
     this.#pairOpportunistically(shm, header, newEpoch ? 0 : from!.frame, scan.position.frame, txs);
     if (txs.length > 0 || newEpoch) {
@@ -221,7 +227,7 @@ export class WalFollower {
       checksum1: from.checksum1,
       checksum2: from.checksum2,
     };
-    const scan = scanFrames(wal, old, from, { collect: true, maxBytes: this.#maxBytes });
+    const scan = scanFrames(wal, old, from, { collect: true, maxBytes: this.#maxBytes, chunk: this.#buffers.take });
     if (scan.transactions.length === 0) return null;
     this.#position = scan.position;
     this.#sincePairing += scan.transactions.length;
@@ -340,5 +346,31 @@ function fileSignature(path: string): string {
     return `${st.ino}:${st.size}:${st.mtimeNs}`;
   } catch {
     return "absent";
+  }
+}
+
+/**
+ * The buffers a poll reads the WAL into, kept for the next poll: a busy
+ * writer's WAL is read at hundreds of MB a second, and fresh buffers cost
+ * the kernel a zeroed page each 4 KiB (a quarter of walship's CPU in
+ * workload 1 of the benchmarks). Only the buffers the last poll took are
+ * kept, so a database gone quiet holds none.
+ */
+class ReadBuffers {
+  #kept: Uint8Array[] = [];
+  #taken: Uint8Array[] = [];
+
+  /** `size` bytes of a kept buffer large enough, or of a new one. */
+  take = (size: number): Uint8Array => {
+    const i = this.#kept.findIndex((b) => b.length >= size);
+    const buffer = i >= 0 ? this.#kept.splice(i, 1)[0] : new Uint8Array(size);
+    this.#taken.push(buffer);
+    return buffer.subarray(0, size);
+  };
+
+  /** The buffers taken since the last call may be read into again; the others are let go. */
+  reuse(): void {
+    this.#kept = this.#taken;
+    this.#taken = [];
   }
 }

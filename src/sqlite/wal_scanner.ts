@@ -92,6 +92,11 @@ export interface ScanOptions {
   chunkSize?: number;
   /** Read no frame past this index (stop "limit" when reached). */
   maxFrame?: number;
+  /**
+   * Where a collecting scan gets each chunk it reads into (`size` bytes);
+   * default a new one. The returned frames point into these chunks.
+   */
+  chunk?: (size: number) => Uint8Array;
 }
 
 /** The position right after a WAL header: frame 0 of its epoch. */
@@ -136,6 +141,7 @@ export function scanFrames(
   const collect = options.collect ?? false;
   const maxBytes = options.maxBytes ?? Infinity;
   const maxFrame = options.maxFrame ?? Infinity;
+  const newChunk = options.chunk ?? ((size: number) => new Uint8Array(size));
 
   const transactions: WalTransaction[] = [];
   const state = new Uint32Array([start.checksum1, start.checksum2]);
@@ -153,8 +159,8 @@ export function scanFrames(
     // A collecting scan allocates each chunk: no bigger than what the file holds now (at least a frame).
     if (collect && source.size) frames = Math.max(1, Math.min(frames, Math.floor((source.size() - frameOffset(next, pageSize)) / frameSize)));
     const want = frames * frameSize;
-    // A collecting scan keeps references into each chunk, so it needs fresh ones.
-    const chunk: Uint8Array = collect || !reusable ? new Uint8Array(want) : reusable;
+    // A collecting scan keeps references into each chunk, so it needs a chunk each.
+    const chunk: Uint8Array = collect ? newChunk(want) : reusable ?? new Uint8Array(want);
     if (!collect) reusable = chunk;
     const got = source.read(chunk, frameOffset(next, pageSize), want);
     const whole = Math.floor(got / frameSize);
