@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # walship beside Litestream v0.3.13 (scripts/bench_compare.ts), then WAL scan
-# and checksum throughput, replication and restore, then heal vs snapshot, on
-# Deno and on Bun; see docs/BENCHMARKS.md.
+# and checksum throughput, replication and restore, heal vs snapshot (on Deno
+# and on Bun), and what replication costs a busy writer (scripts/bench_writer.sh);
+# see docs/BENCHMARKS.md.
 # Usage: npm run bench                              # everything
 #        npm run bench -- --compare-only [ARGS]     # only the comparison; ARGS go to bench_compare.ts
 #        npm run bench -- --internal-only           # only the internal benchmarks
@@ -36,3 +37,5 @@ echo
 deno run -A scripts/bench_heal.ts --replica file,s3
 echo
 bun scripts/bench_heal.ts --replica file,s3
+echo
+bash scripts/bench_writer.sh
