@@ -351,8 +351,8 @@ function fileSignature(path: string): string {
 
 /**
  * The buffers a poll reads the WAL into, kept for the next poll: a busy
- * writer's WAL is read at hundreds of MB a second, and fresh buffers cost
- * the kernel a zeroed page each 4 KiB (a quarter of walship's CPU in
+ * writer's WAL is read at over 100 MB a second, and fresh buffers cost the
+ * kernel a zeroed page every 4 KiB (a third of walship's page faults in
  * workload 1 of the benchmarks). Only the buffers the last poll took are
  * kept, so a database gone quiet holds none.
  */

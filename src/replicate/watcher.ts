@@ -93,7 +93,7 @@ export function watchDatabase(dbPath: string, pollMs: number, onChange: Wake): W
   };
 }
 
-/** How the watch of `dir` is doing, for tests and status: null when nothing there is watched. */
+/** How the watch of `dir` is doing (for tests): null when nothing there is watched. */
 export function watchState(dir: string): { watching: boolean; paused: boolean; pauses: number } | null {
   const d = directories.get(path.resolve(dir));
   return d ? { watching: d.watcher !== null, paused: d.pause !== null, pauses: d.pauses } : null;
