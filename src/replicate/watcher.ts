@@ -14,8 +14,10 @@
  * 2 ms or so; Deno hands over every event.) So once one database's events
  * wake it BUSY_EVENTS times within BUSY_WINDOW_MS, its directory goes
  * unwatched for PAUSE_MS, and the databases that had events are woken
- * every BUSY_POLL_MS instead; then the watch starts again
- * (docs/DECISIONS.md, "File events, and when walship stops listening").
+ * every BUSY_POLL_MS instead; then the watch starts again, and the other
+ * databases there whose database file or WAL changed meanwhile (size,
+ * mtime) are woken once (docs/DECISIONS.md, "File events, and when walship
+ * stops listening").
  *
  * @module
  */
@@ -44,8 +46,8 @@ interface DirectoryWatch {
   dir: string;
   watcher: fs.FSWatcher | null;
   byName: Map<string, Set<Wake>>;
-  /** Callbacks to wake on an event without a file name. */
-  all: Set<Wake>;
+  /** Every callback, with its database's path (woken on an event without a file name). */
+  all: Map<Wake, string>;
   /** The callbacks woken since `windowStart`, and how often. */
   windowStart: number;
   hot: Map<Wake, number>;
@@ -71,7 +73,7 @@ export function watchDatabase(dbPath: string, pollMs: number, onChange: Wake): W
     if (!set) d.byName.set(name, set = new Set());
     set.add(onChange);
   }
-  d.all.add(onChange);
+  d.all.set(onChange, path.join(dir, base));
   const timer = setInterval(() => onChange(false), pollMs);
   return {
     close() {
@@ -106,7 +108,7 @@ function directoryWatch(dir: string): DirectoryWatch {
     dir,
     watcher: null,
     byName: new Map(),
-    all: new Set(),
+    all: new Map(),
     windowStart: 0,
     hot: new Map(),
     pause: null,
@@ -142,7 +144,7 @@ function onEvent(d: DirectoryWatch, name: string | Buffer | null | undefined): v
     d.windowStart = now;
     d.hot.clear();
   }
-  const set = name === null || name === undefined ? d.all : d.byName.get(path.basename(String(name)));
+  const set = name === null || name === undefined ? d.all.keys() : d.byName.get(path.basename(String(name)));
   if (!set) return;
   let busy = false;
   for (const f of set) {
@@ -154,12 +156,18 @@ function onEvent(d: DirectoryWatch, name: string | Buffer | null | undefined): v
   if (busy) startPause(d);
 }
 
-/** Stops watching a busy directory for PAUSE_MS; the files that had events are woken on a timer meanwhile. */
+/**
+ * Stops watching a busy directory for PAUSE_MS: the databases that had
+ * events are woken on a timer meanwhile, and the others once at the end if
+ * their files changed.
+ */
 function startPause(d: DirectoryWatch): void {
   d.watcher?.close();
   d.watcher = null;
   d.pauses++;
   const hot = [...d.hot.keys()];
+  const quiet = new Map<Wake, string>();
+  for (const [f, db] of d.all) if (!d.hot.has(f)) quiet.set(f, signature(db));
   const wakeHot = () => {
     for (const f of hot) if (d.all.has(f)) f(true);
   };
@@ -171,8 +179,24 @@ function startPause(d: DirectoryWatch): void {
       startWatching(d);
       // What changed since the last wake is read now, not at the next event.
       wakeHot();
+      for (const [f, before] of quiet) {
+        const db = d.all.get(f);
+        if (db !== undefined && signature(db) !== before) f(true);
+      }
     }, PAUSE_MS),
   };
+}
+
+/**
+ * Size, mtime and inode of a database file and its WAL: a commit changes
+ * the WAL's mtime (a write within the same clock tick as the first look may
+ * not, and then waits for the poll).
+ */
+function signature(db: string): string {
+  return [db, `${db}-wal`].map((file) => {
+    const st = fs.statSync(file, { bigint: true, throwIfNoEntry: false });
+    return st ? `${st.ino}:${st.size}:${st.mtimeNs}` : "-";
+  }).join("|");
 }
 
 function endPause(d: DirectoryWatch): void {
