@@ -190,12 +190,17 @@ function startPause(d: DirectoryWatch): void {
 /**
  * Size, mtime and inode of a database file and its WAL: a commit changes
  * the WAL's mtime (a write within the same clock tick as the first look may
- * not, and then waits for the poll).
+ * not, and then waits for the poll). A file that cannot be looked at reads
+ * as absent: the poll is there for it.
  */
 function signature(db: string): string {
   return [db, `${db}-wal`].map((file) => {
-    const st = fs.statSync(file, { bigint: true, throwIfNoEntry: false });
-    return st ? `${st.ino}:${st.size}:${st.mtimeNs}` : "-";
+    try {
+      const st = fs.statSync(file, { bigint: true, throwIfNoEntry: false });
+      return st ? `${st.ino}:${st.size}:${st.mtimeNs}` : "-";
+    } catch {
+      return "-";
+    }
   }).join("|");
 }
 
