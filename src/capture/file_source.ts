@@ -76,6 +76,16 @@ export function readWalIndexFile(shmPath: string, attempts = 100): WalIndexHeade
   }
 }
 
+/** Size, mtime and inode of a file, or "absent": enough to notice that someone wrote it. */
+export function fileSignature(path: string): string {
+  try {
+    const st = fs.statSync(path, { bigint: true });
+    return `${st.ino}:${st.size}:${st.mtimeNs}`;
+  } catch {
+    return "absent";
+  }
+}
+
 /** A WalshipError for a failed local file operation, with the errno in words. */
 export function ioError(what: string, err: unknown): WalshipError {
   const code = (err as NodeJS.ErrnoException)?.code;

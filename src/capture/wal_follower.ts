@@ -22,7 +22,7 @@ import { readWalHeader, sameEpoch, scanFrames, verifyPosition } from "../sqlite/
 import type { WalHeader } from "../sqlite/wal.ts";
 import { encodeWalHeader } from "../sqlite/wal.ts";
 import type { WalIndexHeader } from "../sqlite/wal_index.ts";
-import { type OpenFile, openReadOnly, readWalIndexFile } from "./file_source.ts";
+import { fileSignature, type OpenFile, openReadOnly, readWalIndexFile } from "./file_source.ts";
 
 /** A committed transaction with the time it was observed and its raw frames. */
 export interface ObservedTransaction extends WalTransaction {
@@ -337,16 +337,6 @@ const MAX_PROOF_RETRIES = 20;
 
 function nothing(lost: string | null): FollowResult {
   return { transactions: [], epochHeader: null, lost, more: false };
-}
-
-/** Size, mtime and inode of a file, or "absent": enough to notice that someone wrote it. */
-function fileSignature(path: string): string {
-  try {
-    const st = fs.statSync(path, { bigint: true });
-    return `${st.ino}:${st.size}:${st.mtimeNs}`;
-  } catch {
-    return "absent";
-  }
 }
 
 /**

@@ -24,6 +24,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
+import { fileSignature } from "../capture/file_source.ts";
 
 /** Wakes of one database within one window that make its directory busy: 200 a second. */
 export const BUSY_EVENTS = 10;
@@ -194,14 +195,7 @@ function startPause(d: DirectoryWatch): void {
  * as absent: the poll is there for it.
  */
 function signature(db: string): string {
-  return [db, `${db}-wal`].map((file) => {
-    try {
-      const st = fs.statSync(file, { bigint: true, throwIfNoEntry: false });
-      return st ? `${st.ino}:${st.size}:${st.mtimeNs}` : "-";
-    } catch {
-      return "-";
-    }
-  }).join("|");
+  return `${fileSignature(db)}|${fileSignature(`${db}-wal`)}`;
 }
 
 function endPause(d: DirectoryWatch): void {
