@@ -151,7 +151,7 @@ export class S3Storage implements ReplicaStorage {
       const res = await this.client.send(
         new GetObjectCommand({ Bucket: this.#bucket, Key: this.#root + key }),
       );
-      return res.Body ? await res.Body.transformToByteArray() : new Uint8Array(0);
+      return res.Body ? await collectBody(res.Body, res.ContentLength) : new Uint8Array(0);
     });
     this.stats.gets++;
     this.stats.bytesDown += bytes.length;
@@ -484,4 +484,27 @@ async function readExactly(fh: FileHandle, buf: Uint8Array, position: number): P
     }
     done += bytesRead;
   }
+}
+
+/**
+ * An object's body as one array. With the length the response declares,
+ * the chunks are copied into one buffer of that size as they arrive: the
+ * SDK's `transformToByteArray` keeps every chunk and then joins them, which
+ * allocates each byte twice (a restore's large segments made most of its
+ * page faults there).
+ */
+async function collectBody(
+  body: { transformToByteArray(): Promise<Uint8Array> },
+  length: number | undefined,
+): Promise<Uint8Array> {
+  if (length === undefined || !(Symbol.asyncIterator in body)) return await body.transformToByteArray();
+  const out = new Uint8Array(length);
+  let at = 0;
+  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+    if (at + chunk.length > length) throw new Error(`the body is longer than its Content-Length ${length}`);
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes`);
+  return out;
 }

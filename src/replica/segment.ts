@@ -24,7 +24,7 @@
 import { byteLength, concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { SegmentMeta } from "./object_format.ts";
-import { zstdDecompress } from "./zstd.ts";
+import { ZstdChunkDecoder, zstdDecompress } from "./zstd.ts";
 import { WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE } from "../sqlite/wal.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
@@ -100,38 +100,100 @@ export function encodeRecord(r: SegmentRecord): Uint8Array[] {
  * the body is not `bodySize` bytes.
  */
 export function decompressSegmentParts(meta: SegmentMeta, payload: Uint8Array, what: string): Uint8Array[] {
+  checkPieces(meta, payload, what);
   const parts: Uint8Array[] = [];
   try {
-    if (!meta.pieces) parts.push(zstdDecompress(payload));
-    else {
-      const total = meta.pieces.reduce((n, p) => n + p, 0);
-      if (total !== payload.length) {
-        throw new WalshipError("CORRUPT", `${what}: its pieces add up to ${total} bytes, the payload is ${payload.length}`);
-      }
-      let at = 0;
-      for (const size of meta.pieces) {
-        parts.push(zstdDecompress(payload.subarray(at, at + size)));
-        at += size;
-      }
+    let at = 0;
+    for (const size of meta.pieces ?? [payload.length]) {
+      parts.push(zstdDecompress(payload.subarray(at, at + size)));
+      at += size;
     }
   } catch (err) {
-    if (err instanceof WalshipError) throw err;
-    throw new WalshipError("CORRUPT", `${what} has a payload that does not decompress`, { cause: err });
+    throw notDecompressing(what, err);
   }
   const length = byteLength(parts);
-  if (length !== meta.bodySize) {
-    throw new WalshipError("CORRUPT", `${what}: payload is ${length} bytes, expected ${meta.bodySize}`);
-  }
+  if (length !== meta.bodySize) throw wrongBodySize(meta, length, what);
   return parts;
 }
 
 /**
- * Reads the records of a segment body, whole or in parts (a record may
- * span two parts); throws CORRUPT on malformed bytes. Records point into
- * the body where they lie within one part.
+ * A segment's payload decompressed as it is read, piece by piece, in
+ * chunks of `chunkSize` bytes written into buffers that are reused (see
+ * {@linkcode ZstdChunkDecoder}): for {@linkcode decodeSegmentBody},
+ * which takes a chunk only once the records before it are read, and for a
+ * consumer that is done with each record before it takes the next. A
+ * consumer that stops early never decompresses the rest. Throws CORRUPT as
+ * {@linkcode decompressSegmentParts} does, as soon as the output passes
+ * `bodySize`, or at the end when it falls short.
  */
-export function* decodeSegmentBody(body: Uint8Array | Uint8Array[], pageSize: number, what: string): Generator<SegmentRecord> {
-  const cursor = new PartsCursor(Array.isArray(body) ? body : [body]);
+export function* streamSegmentBody(
+  meta: SegmentMeta,
+  payload: Uint8Array,
+  what: string,
+  chunkSize = 1 << 20,
+): Generator<Uint8Array> {
+  checkPieces(meta, payload, what);
+  const decoder = new ZstdChunkDecoder(chunkSize);
+  try {
+    let length = 0;
+    let at = 0;
+    for (const size of meta.pieces ?? [payload.length]) {
+      // A decoder reset at each piece: a piece that is not whole frames then fails, as it would alone.
+      const piece = payload.subarray(at, at + size);
+      at += size;
+      for (const chunks of [decoder.push(piece), decoder.end()]) {
+        for (;;) {
+          let next: IteratorResult<Uint8Array>;
+          try {
+            next = chunks.next();
+          } catch (err) {
+            throw notDecompressing(what, err);
+          }
+          if (next.done) break;
+          length += next.value.length;
+          if (length > meta.bodySize) throw wrongBodySize(meta, length, what);
+          yield next.value;
+        }
+      }
+      decoder.reset();
+    }
+    if (length !== meta.bodySize) throw wrongBodySize(meta, length, what);
+  } finally {
+    decoder.close();
+  }
+}
+
+function checkPieces(meta: SegmentMeta, payload: Uint8Array, what: string): void {
+  if (!meta.pieces) return;
+  const total = meta.pieces.reduce((n, p) => n + p, 0);
+  if (total !== payload.length) {
+    throw new WalshipError("CORRUPT", `${what}: its pieces add up to ${total} bytes, the payload is ${payload.length}`);
+  }
+}
+
+function notDecompressing(what: string, cause: unknown): WalshipError {
+  return new WalshipError("CORRUPT", `${what} has a payload that does not decompress`, { cause });
+}
+
+function wrongBodySize(meta: SegmentMeta, length: number, what: string): WalshipError {
+  return new WalshipError("CORRUPT", `${what}: payload is ${length} bytes, expected ${meta.bodySize}`);
+}
+
+/**
+ * Reads the records of a segment body, whole or in parts (a record may
+ * span parts; parts are taken from an iterable only as the records reach
+ * them); throws CORRUPT on malformed bytes. A header's or transaction's
+ * bytes point into the body where they lie within one part, and are valid
+ * while at most one more part is taken (as {@linkcode streamSegmentBody}
+ * reuses its buffers): a consumer must be done with a record before it
+ * asks for the next. A heal's pages are copies.
+ */
+export function* decodeSegmentBody(
+  body: Uint8Array | Iterable<Uint8Array>,
+  pageSize: number,
+  what: string,
+): Generator<SegmentRecord> {
+  const cursor = new PartsCursor(body instanceof Uint8Array ? [body] : body);
   const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;
   const truncated = () => new WalshipError("CORRUPT", `${what} ends inside a record`);
   const take = (n: number): Uint8Array => {
@@ -145,11 +207,14 @@ export function* decodeSegmentBody(body: Uint8Array | Uint8Array[], pageSize: nu
     if (tag === TAG_HEADER) {
       yield { tag: "header", header: take(WAL_HEADER_SIZE) };
     } else if (tag === TAG_TRANSACTION) {
+      // Fields are read before the frames are taken: taking them may move on to parts that reuse this one's buffer.
       const v = view(take(TX_FIELDS));
+      const firstFrame = v.getUint32(0);
       const frameCount = v.getUint32(4);
+      const time = v.getFloat64(8);
       if (frameCount === 0) throw truncated(); // a transaction without frames: malformed
       const frames = take(frameCount * frameSize);
-      yield { tag: "transaction", firstFrame: v.getUint32(0), frameCount, time: v.getFloat64(8), frames };
+      yield { tag: "transaction", firstFrame, frameCount, time, frames };
     } else if (tag === TAG_HEAL) {
       const v = view(take(HEAL_FIELDS));
       const count = v.getUint32(12);
@@ -163,10 +228,10 @@ export function* decodeSegmentBody(body: Uint8Array | Uint8Array[], pageSize: nu
         bigEndian: (flags & 2) !== 0,
         pages: [],
       };
-      if (cursor.left < count * (4 + pageSize)) throw truncated();
+      // Pages are copied: a heal may span more parts than a reused buffer outlives.
       for (let i = 0; i < count; i++) {
         const pgno = view(take(4)).getUint32(0);
-        rec.pages.push({ pgno, page: take(pageSize) });
+        rec.pages.push({ pgno, page: take(pageSize).slice() });
       }
       yield rec;
     } else {
@@ -175,49 +240,58 @@ export function* decodeSegmentBody(body: Uint8Array | Uint8Array[], pageSize: nu
   }
 }
 
-/** Reads a body given in parts in order: a view where a run lies within one part, a copy across two. */
+/**
+ * Reads a body given in parts in order, taking each part from its iterator
+ * only once the bytes before it are read: a view where a run lies within
+ * one part, a copy across two.
+ */
 class PartsCursor {
-  readonly #parts: Uint8Array[];
-  #i = 0;
+  readonly #parts: Iterator<Uint8Array>;
+  #part: Uint8Array | null = null;
   #at = 0;
-  /** Bytes not read yet. */
-  left: number;
 
-  constructor(parts: Uint8Array[]) {
-    this.#parts = parts.filter((p) => p.length > 0);
-    this.left = byteLength(this.#parts);
+  constructor(parts: Iterable<Uint8Array>) {
+    this.#parts = parts[Symbol.iterator]();
   }
 
+  /** True once every byte of every part is read. */
   get done(): boolean {
-    return this.left === 0;
+    return !this.#fill();
   }
 
   /** The next `n` bytes, or null when fewer are left. */
   take(n: number): Uint8Array | null {
-    if (n > this.left) return null;
-    this.left -= n;
-    const part = this.#parts[this.#i];
+    if (!this.#fill()) return null;
+    const part = this.#part!;
     if (this.#at + n <= part.length) {
       const out = part.subarray(this.#at, this.#at + n);
-      this.#step(n);
+      this.#at += n;
       return out;
     }
     const out = new Uint8Array(n);
     for (let got = 0; got < n;) {
-      const p = this.#parts[this.#i];
+      if (!this.#fill()) return null;
+      const p = this.#part!;
       const k = Math.min(n - got, p.length - this.#at);
       out.set(p.subarray(this.#at, this.#at + k), got);
       got += k;
-      this.#step(k);
+      this.#at += k;
     }
     return out;
   }
 
-  #step(n: number): void {
-    this.#at += n;
-    if (this.#at === this.#parts[this.#i].length) {
-      this.#i++;
+  /** Makes sure the current part has bytes left to read, taking the next non-empty one if not; false at the end. */
+  #fill(): boolean {
+    while (this.#part === null || this.#at === this.#part.length) {
+      const next = this.#parts.next();
+      if (next.done) {
+        this.#part = null;
+        return false;
+      }
+      this.#part = next.value;
       this.#at = 0;
+      if (this.#part.length > 0) return true;
     }
+    return true;
   }
 }

@@ -7,7 +7,7 @@
  */
 
 import zlib from "node:zlib";
-import { decompress as fzstdDecompress } from "fzstd";
+import { Decompress as FzstdDecompress, decompress as fzstdDecompress } from "fzstd";
 
 /** zstd level for segments and snapshots: fast, and most of the win on SQLite pages. */
 export const ZSTD_LEVEL = 3;
@@ -26,10 +26,134 @@ export function zstdDecompress(data: Uint8Array): Uint8Array {
   return hasNativeZstd ? zlib.zstdDecompressSync(data) : fzstdDecompress(data);
 }
 
+/** The part of node:zlib's zstd handle {@linkcode ZstdChunkDecoder} drives. */
+interface ZstdHandle {
+  writeSync(
+    flush: number,
+    input: Uint8Array,
+    inOffset: number,
+    inLength: number,
+    out: Uint8Array,
+    outOffset: number,
+    outLength: number,
+  ): void;
+  reset(): void;
+  onerror: (message: string, errno: number, code?: string) => void;
+}
+
 /**
- * Output chunk size of the streaming coders: 1 MiB, not zlib's 16 KiB. Each
+ * A zstd decoder fed input as it comes (one frame, or several one after
+ * another: their contents follow each other), whose output lands in two
+ * buffers of `chunkSize` bytes it reuses. Each chunk of output is yielded
+ * as a view that stays valid while the next one is taken, and is
+ * overwritten by the one after. A restore then touches the same few
+ * megabytes instead of allocating every decompressed byte afresh: on the
+ * machines measured, the kernel zeroing those new pages cost more than
+ * decompressing them (docs/DECISIONS.md, "Restore reuses its memory").
+ *
+ * It drives the decoder behind `zlib.createZstdDecompress()` directly
+ * (`_handle.writeSync`, which Deno and Bun both carry, as Node does): the
+ * public stream and sync calls allocate every output buffer. Deno reports a
+ * decoding error by throwing, Bun through the handle's `onerror`; both end
+ * here as a thrown Error. Where that handle is missing (or with
+ * `native: false`), fzstd's streaming decoder stands in: fresh buffers,
+ * the same bytes.
+ */
+export class ZstdChunkDecoder {
+  readonly #stream: zlib.ZstdDecompress | null = null;
+  readonly #handle: ZstdHandle | null = null;
+  readonly #state: Uint32Array | null = null;
+  readonly #buffers: Uint8Array[] = [];
+  #next = 0;
+  #failure: string | null = null;
+  #fallback: FzstdDecompress | null = null;
+  #fallbackOut: Uint8Array[] = [];
+
+  constructor(chunkSize: number, options: { native?: boolean } = {}) {
+    if (hasNativeZstd && options.native !== false) {
+      const stream = zlib.createZstdDecompress();
+      const inner = stream as unknown as { _handle?: ZstdHandle; _writeState?: Uint32Array };
+      if (typeof inner._handle?.writeSync === "function" && inner._writeState instanceof Uint32Array) {
+        this.#stream = stream;
+        this.#handle = inner._handle;
+        this.#state = inner._writeState;
+        this.#handle.onerror = (message) => {
+          this.#failure = message;
+        };
+        this.#buffers = [new Uint8Array(chunkSize), new Uint8Array(chunkSize)];
+        return;
+      }
+      stream.close();
+    }
+    this.#fallback = this.#newFallback();
+  }
+
+  #newFallback(): FzstdDecompress {
+    return new FzstdDecompress((data) => {
+      if (data.length > 0) this.#fallbackOut.push(data);
+    });
+  }
+
+  /** Decodes `input`, yielding the output it completes; throws on bytes that are not zstd. */
+  *push(input: Uint8Array): Generator<Uint8Array> {
+    if (this.#fallback) {
+      this.#fallback.push(input);
+      const out = this.#fallbackOut;
+      this.#fallbackOut = [];
+      yield* out;
+      return;
+    }
+    const handle = this.#handle!;
+    const state = this.#state!;
+    let offset = 0;
+    let left = input.length;
+    for (;;) {
+      const out = this.#buffers[this.#next];
+      handle.writeSync(zlib.constants.ZSTD_e_end, input, offset, left, out, 0, out.length);
+      if (this.#failure !== null) throw new Error(this.#failure);
+      const produced = out.length - state[0];
+      const consumed = left - state[1];
+      offset += consumed;
+      left -= consumed;
+      if (produced > 0) {
+        this.#next ^= 1;
+        yield out.subarray(0, produced);
+      }
+      // Done with this input once it is used up and the decoder had output to spare.
+      if (left === 0 && produced < out.length) return;
+      if (produced === 0 && consumed === 0) throw new Error("the zstd decoder made no progress");
+    }
+  }
+
+  /** Yields what the input so far still holds back (fzstd may keep a block until told the input ended). */
+  *end(): Generator<Uint8Array> {
+    if (!this.#fallback) return;
+    this.#fallback.push(new Uint8Array(0), true);
+    const out = this.#fallbackOut;
+    this.#fallbackOut = [];
+    yield* out;
+  }
+
+  /** Forgets any frame left unfinished: the next input must start a new one. */
+  reset(): void {
+    if (this.#fallback) {
+      this.#fallback = this.#newFallback();
+      this.#fallbackOut = [];
+    } else {
+      this.#handle!.reset();
+    }
+  }
+
+  /** Frees the decoder. */
+  close(): void {
+    this.#stream?.close();
+  }
+}
+
+/**
+ * Output chunk size of the streaming encoder: 1 MiB, not zlib's 16 KiB. Each
  * output chunk costs a hop to the runtime's thread pool and back, a write and
- * a hash update; a 1 GiB restore made 77,000 of each with 16 KiB.
+ * a hash update; a 1 GiB object made 77,000 of each with 16 KiB.
  */
 const STREAM_CHUNK = 1 << 20;
 
@@ -39,9 +163,4 @@ export function createZstdCompressStream(): zlib.ZstdCompress {
     chunkSize: STREAM_CHUNK,
     params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
   });
-}
-
-/** A streaming zstd decoder (node:zlib Transform). */
-export function createZstdDecompressStream(): zlib.ZstdDecompress {
-  return zlib.createZstdDecompress({ chunkSize: STREAM_CHUNK });
 }

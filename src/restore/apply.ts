@@ -43,7 +43,7 @@ export function applySegment(
   pages: LastVersions,
   state: ApplyState,
   meta: SegmentMeta,
-  body: Uint8Array | Uint8Array[],
+  body: Uint8Array | Uint8Array[] | Iterable<Uint8Array>,
   limit: ApplyLimit,
   what: string,
 ): boolean {
@@ -51,8 +51,11 @@ export function applySegment(
   if (meta.pageSize !== state.pageSize) throw corrupt(`page size ${meta.pageSize}, expected ${state.pageSize}`);
   if (meta.firstTxid !== state.txid + 1) throw corrupt(`starts at txid ${meta.firstTxid}, expected ${state.txid + 1}`);
   if (!samePosition(meta.start, state.position)) throw corrupt("does not start where the previous object ended");
-  const bodySize = byteLength(body);
-  if (bodySize !== meta.bodySize) throw corrupt(`payload is ${bodySize} bytes, expected ${meta.bodySize}`);
+  // Parts from an iterator (segmentBodyParts) are checked against bodySize as they come.
+  if (body instanceof Uint8Array || Array.isArray(body)) {
+    const bodySize = byteLength(body);
+    if (bodySize !== meta.bodySize) throw corrupt(`payload is ${bodySize} bytes, expected ${meta.bodySize}`);
+  }
   const pageSize = state.pageSize;
   const frameSize = WAL_FRAME_HEADER_SIZE + pageSize;
   let bigEndian = meta.bigEndian;
@@ -129,48 +132,70 @@ export function applySegment(
 }
 
 /**
- * The last version of each page the segments applied wrote, written on
- * {@linkcode flush} or once too much is held: a page rewritten by many
- * transactions is written once (once per flush), and consecutive pages go in
- * one writev. Every frame is still verified as it comes.
+ * The last version of each page the segments applied wrote, copied into a
+ * bounded set of reused slots and written on {@linkcode flush} or once every
+ * slot is taken: a page rewritten by many transactions is written once (once
+ * per flush), and consecutive pages go in one writev. Copying lets each
+ * decompressed piece go as soon as it is applied, so a restore holds the
+ * slots and one piece, not the segments' bodies (allocating those afresh
+ * was most of a restore's time: the kernel zeroing new pages).
  */
 export class LastVersions {
-  #pages = new Map<number, Uint8Array>();
-  #held = 0;
+  /** Page number → slot. */
+  #slots = new Map<number, number>();
+  /** Slot storage, grown a chunk at a time as slots are first used, then kept. */
+  #chunks: Uint8Array[] = [];
+  #used = 0;
   readonly #fd: number;
   readonly #pageSize: number;
+  readonly #chunkPages: number;
+  readonly #capacity: number;
 
-  constructor(fd: number, pageSize: number) {
+  /** `heldBytes`: at most this many bytes of pages are held (at least one page). */
+  constructor(fd: number, pageSize: number, heldBytes = HELD_BYTES) {
     this.#fd = fd;
     this.#pageSize = pageSize;
+    this.#chunkPages = Math.max(1, Math.floor(CHUNK_BYTES / pageSize));
+    this.#capacity = Math.max(1, Math.floor(heldBytes / pageSize));
   }
 
-  /**
-   * Holds `page` (a view into a segment's body) as the last version of
-   * `pgno`; writes every page held once the bodies they keep alive may reach
-   * {@linkcode HELD_BYTES}.
-   */
+  /** Copies `page` in as the last version of `pgno`, first writing every page held when no slot is free. */
   set(pgno: number, page: Uint8Array): void {
-    this.#pages.set(pgno, page);
-    this.#held += page.length;
-    if (this.#held >= HELD_BYTES) this.flush();
+    let slot = this.#slots.get(pgno);
+    if (slot === undefined) {
+      if (this.#used === this.#capacity) this.flush();
+      slot = this.#used++;
+      this.#slots.set(pgno, slot);
+    }
+    const chunk = Math.floor(slot / this.#chunkPages);
+    if (chunk === this.#chunks.length) this.#chunks.push(new Uint8Array(this.#chunkPages * this.#pageSize));
+    this.#chunks[chunk].set(page, (slot % this.#chunkPages) * this.#pageSize);
   }
 
+  /** Writes every page held, in page order, and frees the slots. */
   flush(): void {
-    const pgnos = [...this.#pages.keys()].sort((a, b) => a - b);
+    const pgnos = [...this.#slots.keys()].sort((a, b) => a - b);
+    const view = (pgno: number) => {
+      const slot = this.#slots.get(pgno)!;
+      const at = (slot % this.#chunkPages) * this.#pageSize;
+      return this.#chunks[Math.floor(slot / this.#chunkPages)].subarray(at, at + this.#pageSize);
+    };
     for (let i = 0; i < pgnos.length;) {
       let j = i + 1;
       while (j < pgnos.length && pgnos[j] === pgnos[j - 1] + 1 && j - i < MAX_IOV) j++;
-      writeRun(this.#fd, pgnos.slice(i, j).map((p) => this.#pages.get(p)!), (pgnos[i] - 1) * this.#pageSize);
+      writeRun(this.#fd, pgnos.slice(i, j).map(view), (pgnos[i] - 1) * this.#pageSize);
       i = j;
     }
-    this.#pages.clear();
-    this.#held = 0;
+    this.#slots.clear();
+    this.#used = 0;
   }
 }
 
-/** Bytes of pages set (overwritten ones too: their bodies stay alive) before the pages held are written. */
-const HELD_BYTES = 64 << 20;
+/** Bytes of pages held before they are written: the restore's memory, beside one decompressed piece. */
+const HELD_BYTES = 16 << 20;
+
+/** Slot storage is allocated this much at a time. */
+const CHUNK_BYTES = 1 << 20;
 
 /** Buffers per writev (Linux's IOV_MAX). */
 const MAX_IOV = 1024;

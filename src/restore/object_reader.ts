@@ -17,7 +17,12 @@ export interface StreamedObject {
   meta: ObjectMeta | null;
 }
 
-/** The payload chunks of an object streamed from `source`; throws CORRUPT on a bad hash. */
+/**
+ * The payload chunks of an object streamed from `source`; throws CORRUPT on
+ * a bad hash. The trailer (the last HASH_SIZE bytes) is held back as chunks
+ * come, so a chunk is yielded whole as a view, less the bytes that may be
+ * the trailer, never copied (only the short tail and the preamble are).
+ */
 export async function* verifiedPayload(
   source: AsyncIterable<Uint8Array>,
   what: string,
@@ -25,30 +30,33 @@ export async function* verifiedPayload(
 ): AsyncGenerator<Uint8Array> {
   const hasher = createHash("sha256");
   let head: Uint8Array | null = new Uint8Array(0);
-  let tail: Uint8Array = new Uint8Array(0); // the last bytes seen, which may be the trailer
-  for await (const chunk of source) {
-    let data = concatBytes([tail, chunk]);
+  let tail: Uint8Array = new Uint8Array(0); // the last bytes seen, fewer than HASH_SIZE + 1 of them: maybe the trailer
+  const emit = (body: Uint8Array) => {
+    hasher.update(body);
+    return body;
+  };
+  for await (let chunk of source) {
     if (head !== null) {
-      head = concatBytes([head, data]);
-      data = new Uint8Array(0);
-      tail = new Uint8Array(0);
+      head = concatBytes([head, chunk]);
       if (head.length < PREAMBLE_SIZE) continue;
       const metaLength = new DataView(head.buffer, head.byteOffset).getUint32(12);
       if (head.length < PREAMBLE_SIZE + metaLength + HASH_SIZE) continue;
       const { meta, payloadOffset } = decodePreamble(head, what);
       out.meta = meta;
       hasher.update(head.subarray(0, payloadOffset));
-      data = head.subarray(payloadOffset);
+      chunk = head.subarray(payloadOffset);
       head = null;
     }
-    if (data.length <= HASH_SIZE) {
-      tail = data;
-      continue;
+    if (chunk.length >= HASH_SIZE) {
+      // What was held back is payload after all; the new chunk's end is held back instead.
+      if (tail.length > 0) yield emit(tail);
+      if (chunk.length > HASH_SIZE) yield emit(chunk.subarray(0, chunk.length - HASH_SIZE));
+      tail = chunk.slice(chunk.length - HASH_SIZE);
+    } else {
+      const joined = concatBytes([tail, chunk]);
+      if (joined.length > HASH_SIZE) yield emit(joined.subarray(0, joined.length - HASH_SIZE));
+      tail = joined.slice(Math.max(0, joined.length - HASH_SIZE));
     }
-    const body = data.subarray(0, data.length - HASH_SIZE);
-    tail = data.slice(data.length - HASH_SIZE);
-    hasher.update(body);
-    yield body;
   }
   if (head !== null || tail.length !== HASH_SIZE) {
     throw new WalshipError("CORRUPT", `${what} is truncated`);

@@ -9,19 +9,20 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { ioError } from "../capture/file_source.ts";
 import { EarlyWriteback, fsyncDir, tempPathBeside } from "../durable.ts";
 import { WalshipError } from "../errors.ts";
 import { type Log, silentLog } from "../log.ts";
 import { decodeObject } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
-import { decompressSegmentParts } from "../replica/segment.ts";
-import { createZstdDecompressStream } from "../replica/zstd.ts";
+import { streamSegmentBody } from "../replica/segment.ts";
+import { ZstdChunkDecoder } from "../replica/zstd.ts";
 import { type ApplyState, applySegment, LastVersions } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
 import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
+
+/** Output of the snapshot's decoder, written as each chunk fills: two of these are all the image's memory. */
+const SNAPSHOT_CHUNK = 1 << 20;
 
 /** Segments downloaded at once by default: many small ones are bound by each request's round trip. */
 export const DEFAULT_PARALLELISM = 32;
@@ -162,6 +163,10 @@ function progressCounter(
   };
 }
 
+function notDecompressing(what: string, cause: unknown): WalshipError {
+  return new WalshipError("CORRUPT", `${what} is corrupted (it does not decompress: ${(cause as Error)?.message})`, { cause });
+}
+
 async function* counted(
   source: AsyncIterable<Uint8Array>,
   progress: ProgressCounter,
@@ -183,32 +188,41 @@ async function restoreSnapshot(
   let written = 0;
   // The image is written back as it comes, so the restore's final fsync has little left to do.
   const writeback = new EarlyWriteback(fd);
+  // Decompressed into two reused buffers, written as each fills.
+  const decoder = new ZstdChunkDecoder(SNAPSHOT_CHUNK);
+  const write = (chunk: Uint8Array) => {
+    let done = 0;
+    while (done < chunk.length) done += fs.writeSync(fd, chunk, done, chunk.length - done, written + done);
+    written += chunk.length;
+    writeback.wrote(chunk.length);
+  };
   try {
     const source = await storage.getStream(plan.snapshot.key);
-    await pipeline(
-      verifiedPayload(progress ? counted(source, progress) : source, what, out),
-      createZstdDecompressStream(),
-      // A Writable, not an async-function sink: under Deno, iterating the zstd
-      // stream sometimes destroys it between 'end' and 'finish', and pipeline
-      // then fails a good object with AbortError (1 in ~8 restores).
-      new Writable({
-        write(chunk: Uint8Array, _encoding, callback) {
-          try {
-            let done = 0;
-            while (done < chunk.length) done += fs.writeSync(fd, chunk, done, chunk.length - done, written + done);
-            written += chunk.length;
-            writeback.wrote(chunk.length);
-            callback();
-          } catch (err) {
-            callback(err as Error);
-          }
-        },
-      }),
-    );
+    for await (const payload of verifiedPayload(progress ? counted(source, progress) : source, what, out)) {
+      const chunks = decoder.push(payload);
+      for (;;) {
+        let next: IteratorResult<Uint8Array>;
+        try {
+          next = chunks.next();
+        } catch (err) {
+          throw notDecompressing(what, err);
+        }
+        if (next.done) break;
+        write(next.value);
+      }
+    }
+    let rest: Uint8Array[];
+    try {
+      rest = [...decoder.end()];
+    } catch (err) {
+      throw notDecompressing(what, err);
+    }
+    for (const chunk of rest) write(chunk);
   } catch (err) {
     await writeback.settle().catch(() => {}); // the restore fails anyway
-    if (err instanceof WalshipError) throw err;
-    throw new WalshipError("CORRUPT", `${what} is corrupted (${(err as Error).message})`, { cause: err });
+    throw err; // a WalshipError from the replica, or the output's write error (disk full...)
+  } finally {
+    decoder.close();
   }
   await writeback.settle();
   const meta = out.meta;
@@ -237,7 +251,8 @@ async function applySegments(
   progress: ProgressCounter | null,
 ): Promise<void> {
   const segments = plan.segments;
-  // Pages wait here across segments (a page rewritten by many is written once), until the end.
+  // Pages wait here across segments (a page rewritten by many is written once), until the end
+  // or until its slots are all taken.
   const pages = new LastVersions(fd, state.pageSize);
   // Segments are fetched ahead, in order: up to `parallelism` at once, and
   // no more than `aheadBytes` (as listed) beyond the one being applied.
@@ -271,8 +286,8 @@ async function applySegments(
         meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid) {
       throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
     }
-    const body = decompressSegmentParts(meta, payload, what);
-    if (applySegment(pages, state, meta, body, plan, what)) break;
+    // Decompressed a chunk at a time as the records reach it, into reused buffers (pages are copied out).
+    if (applySegment(pages, state, meta, streamSegmentBody(meta, payload, what), plan, what)) break;
   }
   pages.flush();
 }
