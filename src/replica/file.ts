@@ -255,7 +255,8 @@ function fileError(op: string, err: unknown, where: string): WalshipError {
         : new WalshipError("IO", `${at}: no such file or directory${path}`, { cause: err });
     case "ENOSPC":
     case "EDQUOT":
-      return new WalshipError("IO", `${at}: disk full${path}: free space and retry`, {
+      // Not the error's path: a copy reports its source (the local cache), not the full destination.
+      return new WalshipError("IO", `${at}: disk full: free space and retry`, {
         cause: err,
         transient: true,
       });
