@@ -10,7 +10,8 @@
  * - decodeSegmentBody over parts that reuse two buffers (as the decoder's
  *   chunks do): every record, consumed as it comes, is exact, though
  *   transactions span many parts, and a heal's pages stay right after
- *   later parts overwrite the buffers;
+ *   later parts overwrite the buffers; a consumer that stops early closes
+ *   the parts;
  * - LastVersions with room for three pages: the file ends with each page's
  *   last version, written through many flushes (some before the caller's
  *   own), and a page is copied in, so
@@ -142,6 +143,18 @@ test("decodeSegmentBody over parts in two reused buffers: each record exact as i
     const want = records.filter((r) => r.tag === "heal");
     assert.deepStrictEqual(heals, want, `heal pages after later parts, parts of ${partSize} bytes`);
   }
+
+  // A consumer that stops after the first record closes the parts (their finally runs: a decoder they own is freed).
+  let closed = false;
+  const parts = function* () {
+    try {
+      for (let at = 0; at < body.length; at += 1000) yield body.subarray(at, at + 1000);
+    } finally {
+      closed = true;
+    }
+  };
+  for (const _ of decodeSegmentBody(parts(), PAGE, "body")) break;
+  assert.ok(closed, "the parts were closed");
 });
 
 test("LastVersions with room for three pages: each page's last version lands, through many flushes; pages are copied in", () =>

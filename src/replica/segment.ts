@@ -118,8 +118,9 @@ export function decompressSegmentParts(meta: SegmentMeta, payload: Uint8Array, w
 
 /**
  * A segment's payload decompressed as it is read, piece by piece, in
- * chunks of `chunkSize` bytes written into buffers that are reused (see
- * {@linkcode ZstdChunkDecoder}): for {@linkcode decodeSegmentBody},
+ * chunks written into the buffers of `decoder` (one of 1 MiB chunks when
+ * none is given), which it reuses (see {@linkcode ZstdChunkDecoder}); a
+ * restore hands every segment the same decoder. For {@linkcode decodeSegmentBody},
  * which takes a chunk only once the records before it are read, and for a
  * consumer that is done with each record before it takes the next. A
  * consumer that stops early never decompresses the rest. Throws CORRUPT as
@@ -130,18 +131,19 @@ export function* streamSegmentBody(
   meta: SegmentMeta,
   payload: Uint8Array,
   what: string,
-  chunkSize = 1 << 20,
+  decoder?: ZstdChunkDecoder,
 ): Generator<Uint8Array> {
   checkPieces(meta, payload, what);
-  const decoder = new ZstdChunkDecoder(chunkSize);
+  const own = decoder ?? new ZstdChunkDecoder(1 << 20);
   try {
     let length = 0;
     let at = 0;
     for (const size of meta.pieces ?? [payload.length]) {
-      // A decoder reset at each piece: a piece that is not whole frames then fails, as it would alone.
+      // A decoder reset before each piece: a piece that is not whole frames then fails, as it would alone.
+      own.reset();
       const piece = payload.subarray(at, at + size);
       at += size;
-      for (const chunks of [decoder.push(piece), decoder.end()]) {
+      for (const chunks of [own.push(piece), own.end()]) {
         for (;;) {
           let next: IteratorResult<Uint8Array>;
           try {
@@ -155,11 +157,10 @@ export function* streamSegmentBody(
           yield next.value;
         }
       }
-      decoder.reset();
     }
     if (length !== meta.bodySize) throw wrongBodySize(meta, length, what);
   } finally {
-    decoder.close();
+    if (!decoder) own.close();
   }
 }
 
@@ -202,40 +203,48 @@ export function* decodeSegmentBody(
     return bytes;
   };
   const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.length);
-  while (!cursor.done) {
-    const tag = take(1)[0];
-    if (tag === TAG_HEADER) {
-      yield { tag: "header", header: take(WAL_HEADER_SIZE) };
-    } else if (tag === TAG_TRANSACTION) {
-      // Fields are read before the frames are taken: taking them may move on to parts that reuse this one's buffer.
-      const v = view(take(TX_FIELDS));
-      const firstFrame = v.getUint32(0);
-      const frameCount = v.getUint32(4);
-      const time = v.getFloat64(8);
-      if (frameCount === 0) throw truncated(); // a transaction without frames: malformed
-      const frames = take(frameCount * frameSize);
-      yield { tag: "transaction", firstFrame, frameCount, time, frames };
-    } else if (tag === TAG_HEAL) {
-      const v = view(take(HEAL_FIELDS));
-      const count = v.getUint32(12);
-      const flags = v.getUint8(16);
-      const f = (i: number) => v.getUint32(17 + 4 * i);
-      const rec: SegmentRecord = {
-        tag: "heal",
-        dbSize: v.getUint32(0),
-        time: v.getFloat64(4),
-        position: flags & 1 ? { salt1: f(0), salt2: f(1), frame: f(2), checksum1: f(3), checksum2: f(4) } : null,
-        bigEndian: (flags & 2) !== 0,
-        pages: [],
-      };
-      // Pages are copied: a heal may span more parts than a reused buffer outlives.
-      for (let i = 0; i < count; i++) {
-        const pgno = view(take(4)).getUint32(0);
-        rec.pages.push({ pgno, page: take(pageSize).slice() });
+  try {
+    yield* records();
+  } finally {
+    cursor.close(); // a consumer that stops early closes the parts too (a decoder they own is freed)
+  }
+
+  function* records(): Generator<SegmentRecord> {
+    while (!cursor.done) {
+      const tag = take(1)[0];
+      if (tag === TAG_HEADER) {
+        yield { tag: "header", header: take(WAL_HEADER_SIZE) };
+      } else if (tag === TAG_TRANSACTION) {
+        // Fields are read before the frames are taken: taking them may move on to parts that reuse this one's buffer.
+        const v = view(take(TX_FIELDS));
+        const firstFrame = v.getUint32(0);
+        const frameCount = v.getUint32(4);
+        const time = v.getFloat64(8);
+        if (frameCount === 0) throw truncated(); // a transaction without frames: malformed
+        const frames = take(frameCount * frameSize);
+        yield { tag: "transaction", firstFrame, frameCount, time, frames };
+      } else if (tag === TAG_HEAL) {
+        const v = view(take(HEAL_FIELDS));
+        const count = v.getUint32(12);
+        const flags = v.getUint8(16);
+        const f = (i: number) => v.getUint32(17 + 4 * i);
+        const rec: SegmentRecord = {
+          tag: "heal",
+          dbSize: v.getUint32(0),
+          time: v.getFloat64(4),
+          position: flags & 1 ? { salt1: f(0), salt2: f(1), frame: f(2), checksum1: f(3), checksum2: f(4) } : null,
+          bigEndian: (flags & 2) !== 0,
+          pages: [],
+        };
+        // Pages are copied: a heal may span more parts than a reused buffer outlives.
+        for (let i = 0; i < count; i++) {
+          const pgno = view(take(4)).getUint32(0);
+          rec.pages.push({ pgno, page: take(pageSize).slice() });
+        }
+        yield rec;
+      } else {
+        throw new WalshipError("CORRUPT", `${what} has an unknown record tag ${tag}`);
       }
-      yield rec;
-    } else {
-      throw new WalshipError("CORRUPT", `${what} has an unknown record tag ${tag}`);
     }
   }
 }
@@ -252,6 +261,11 @@ class PartsCursor {
 
   constructor(parts: Iterable<Uint8Array>) {
     this.#parts = parts[Symbol.iterator]();
+  }
+
+  /** Lets go of the parts' iterator (its finally blocks run), read to the end or not. */
+  close(): void {
+    this.#parts.return?.();
   }
 
   /** True once every byte of every part is read. */

@@ -24,6 +24,9 @@ import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
 /** Output of the snapshot's decoder, written as each chunk fills: two of these are all the image's memory. */
 const SNAPSHOT_CHUNK = 1 << 20;
 
+/** Output of the segments' decoder: two of these, shared by every segment. */
+const SEGMENT_CHUNK = 1 << 20;
+
 /** Segments downloaded at once by default: many small ones are bound by each request's round trip. */
 export const DEFAULT_PARALLELISM = 32;
 /** Bytes of segments fetched ahead by default: the memory a restore may hold in downloads. */
@@ -272,22 +275,30 @@ async function applySegments(
       next++;
     }
   };
-  for (let i = 0; i < segments.length; i++) {
-    const entry = segments[i];
-    const what = `${storage.location}/${entry.key}`;
-    fetchAhead(i);
-    const bytes = await fetches[i];
-    delete fetches[i];
-    ahead -= entry.size;
-    fetchAhead(i + 1);
-    progress?.add(bytes.length);
-    const { meta, payload } = decodeObject(bytes, what);
-    if (meta.kind !== "segment" || meta.generation !== plan.generation ||
-        meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid) {
-      throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
+  // One decoder, and so the same two output buffers, for every segment.
+  const decoder = new ZstdChunkDecoder(SEGMENT_CHUNK);
+  try {
+    for (let i = 0; i < segments.length; i++) {
+      const entry = segments[i];
+      const what = `${storage.location}/${entry.key}`;
+      fetchAhead(i);
+      const bytes = await fetches[i];
+      delete fetches[i];
+      ahead -= entry.size;
+      fetchAhead(i + 1);
+      progress?.add(bytes.length);
+      const { meta, payload } = decodeObject(bytes, what);
+      if (
+        meta.kind !== "segment" || meta.generation !== plan.generation ||
+        meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid
+      ) {
+        throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
+      }
+      // Decompressed a chunk at a time as the records reach it (pages are copied out).
+      if (applySegment(pages, state, meta, streamSegmentBody(meta, payload, what, decoder), plan, what)) break;
     }
-    // Decompressed a chunk at a time as the records reach it, into reused buffers (pages are copied out).
-    if (applySegment(pages, state, meta, streamSegmentBody(meta, payload, what), plan, what)) break;
+  } finally {
+    decoder.close();
   }
   pages.flush();
 }
