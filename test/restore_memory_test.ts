@@ -17,7 +17,9 @@
  *   own), and a page is copied in, so
  *   changing the caller's buffer afterwards changes nothing;
  * - verifiedPayload, an object cut into chunks of every size around the
- *   trailer's: exactly the payload; cut short or changed: CORRUPT.
+ *   trailer's: exactly the payload; cut short or changed: CORRUPT;
+ * - a snapshot or segment whose hash holds but whose payload is not zstd:
+ *   CORRUPT, naming the object, nothing written.
  */
 
 import assert from "node:assert/strict";
@@ -26,11 +28,15 @@ import path from "node:path";
 import zlib from "node:zlib";
 import { concatBytes } from "../src/bytes.ts";
 import { WalshipError } from "../src/errors.ts";
-import { encodeObject, HASH_SIZE, type SegmentMeta } from "../src/replica/object_format.ts";
+import { decodeObject, encodeObject, HASH_SIZE, type SegmentMeta } from "../src/replica/object_format.ts";
+import { openReplica } from "../src/replica/open_replica.ts";
 import { decodeSegmentBody, encodeSegmentBody, type SegmentRecord } from "../src/replica/segment.ts";
 import { ZstdChunkDecoder } from "../src/replica/zstd.ts";
 import { LastVersions } from "../src/restore/apply.ts";
 import { type StreamedObject, verifiedPayload } from "../src/restore/object_reader.ts";
+import { restoreDatabase } from "../src/restore/restore.ts";
+import { pathToFileURL } from "node:url";
+import { buildReplica } from "./_restore_fixtures.ts";
 import { test } from "./_runtime.ts";
 import { prng, withTempDir } from "./_util.ts";
 
@@ -238,3 +244,24 @@ test("verifiedPayload: an object in chunks of every size around the trailer's gi
     await assert.rejects(read(cut(changed, () => 64)), corrupt(/^obj failed its hash check/), `byte ${at} changed`);
   }
 });
+
+test("a snapshot or a segment whose hash holds but whose payload is not zstd: CORRUPT, naming it, nothing written", () =>
+  withTempDir("not-zstd", async (dir) => {
+    for (const which of ["snapshot", "segment"] as const) {
+      const storage = openReplica(pathToFileURL(path.join(dir, `replica-${which}`)).href);
+      fs.mkdirSync(path.join(dir, which));
+      const built = await buildReplica(path.join(dir, which), storage, 2);
+      const key = which === "snapshot" ? built.snapshotKey : built.segments.get(2)!;
+      const { meta } = decodeObject(await storage.get(key), key);
+      if (meta.kind === "segment") delete meta.pieces;
+      await storage.put(key, encodeObject(meta, noise(3000)).bytes); // a valid object around bytes that are not zstd
+      const out = path.join(dir, `out-${which}.db`);
+      await assert.rejects(
+        restoreDatabase({ storage, output: out }),
+        (err: unknown) =>
+          err instanceof WalshipError && err.code === "CORRUPT" &&
+          err.message.includes(key) && /does not decompress/.test(err.message),
+      );
+      assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith(`out-${which}`)), [], "nothing written");
+    }
+  }));

@@ -24,7 +24,7 @@
 import { byteLength, concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { SegmentMeta } from "./object_format.ts";
-import { ZstdChunkDecoder, zstdDecompress } from "./zstd.ts";
+import { rethrowAs, ZstdChunkDecoder, zstdDecompress } from "./zstd.ts";
 import { WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE } from "../sqlite/wal.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
@@ -143,19 +143,14 @@ export function* streamSegmentBody(
       own.reset();
       const piece = payload.subarray(at, at + size);
       at += size;
-      for (const chunks of [own.push(piece), own.end()]) {
-        for (;;) {
-          let next: IteratorResult<Uint8Array>;
-          try {
-            next = chunks.next();
-          } catch (err) {
-            throw notDecompressing(what, err);
-          }
-          if (next.done) break;
-          length += next.value.length;
-          if (length > meta.bodySize) throw wrongBodySize(meta, length, what);
-          yield next.value;
-        }
+      const output = function* () {
+        yield* own.push(piece);
+        yield* own.end();
+      };
+      for (const chunk of rethrowAs(output(), (err) => notDecompressing(what, err))) {
+        length += chunk.length;
+        if (length > meta.bodySize) throw wrongBodySize(meta, length, what);
+        yield chunk;
       }
     }
     if (length !== meta.bodySize) throw wrongBodySize(meta, length, what);

@@ -151,6 +151,19 @@ export class ZstdChunkDecoder {
 }
 
 /**
+ * The items of `chunks`, with whatever producing them throws replaced by
+ * `wrap(err)` (a decoder's error as the caller's one-line CORRUPT); what
+ * the consumer's own loop throws is not touched.
+ */
+export function* rethrowAs<T>(chunks: Iterable<T>, wrap: (err: unknown) => Error): Generator<T> {
+  try {
+    yield* chunks;
+  } catch (err) {
+    throw wrap(err);
+  }
+}
+
+/**
  * Output chunk size of the streaming encoder: 1 MiB, not zlib's 16 KiB. Each
  * output chunk costs a hop to the runtime's thread pool and back, a write and
  * a hash update; a 1 GiB object made 77,000 of each with 16 KiB.

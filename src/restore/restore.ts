@@ -16,7 +16,7 @@ import { type Log, silentLog } from "../log.ts";
 import { decodeObject } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { streamSegmentBody } from "../replica/segment.ts";
-import { ZstdChunkDecoder } from "../replica/zstd.ts";
+import { rethrowAs, ZstdChunkDecoder } from "../replica/zstd.ts";
 import { type ApplyState, applySegment, LastVersions } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
 import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
@@ -201,26 +201,11 @@ async function restoreSnapshot(
   };
   try {
     const source = await storage.getStream(plan.snapshot.key);
+    const corrupt = (err: unknown) => notDecompressing(what, err);
     for await (const payload of verifiedPayload(progress ? counted(source, progress) : source, what, out)) {
-      const chunks = decoder.push(payload);
-      for (;;) {
-        let next: IteratorResult<Uint8Array>;
-        try {
-          next = chunks.next();
-        } catch (err) {
-          throw notDecompressing(what, err);
-        }
-        if (next.done) break;
-        write(next.value);
-      }
+      for (const chunk of rethrowAs(decoder.push(payload), corrupt)) write(chunk);
     }
-    let rest: Uint8Array[];
-    try {
-      rest = [...decoder.end()];
-    } catch (err) {
-      throw notDecompressing(what, err);
-    }
-    for (const chunk of rest) write(chunk);
+    for (const chunk of rethrowAs(decoder.end(), corrupt)) write(chunk);
   } catch (err) {
     await writeback.settle().catch(() => {}); // the restore fails anyway
     throw err; // a WalshipError from the replica, or the output's write error (disk full...)
