@@ -118,45 +118,40 @@ export function decompressSegmentParts(meta: SegmentMeta, payload: Uint8Array, w
 
 /**
  * A segment's payload decompressed as it is read, piece by piece, in
- * chunks written into the buffers of `decoder` (one of 1 MiB chunks when
- * none is given), which it reuses (see {@linkcode ZstdChunkDecoder}); a
- * restore hands every segment the same decoder. For {@linkcode decodeSegmentBody},
- * which takes a chunk only once the records before it are read, and for a
- * consumer that is done with each record before it takes the next. A
- * consumer that stops early never decompresses the rest. Throws CORRUPT as
- * {@linkcode decompressSegmentParts} does, as soon as the output passes
- * `bodySize`, or at the end when it falls short.
+ * chunks written into the buffers of `decoder`, which it reuses (see
+ * {@linkcode ZstdChunkDecoder}); a restore hands every object the same
+ * decoder. For {@linkcode decodeSegmentBody}, which takes a chunk only once
+ * the records before it are read, and for a consumer that is done with
+ * each record before it takes the next. A consumer that stops early never
+ * decompresses the rest. Throws CORRUPT as {@linkcode decompressSegmentParts}
+ * does, as soon as the output passes `bodySize`, or at the end when it
+ * falls short.
  */
 export function* streamSegmentBody(
   meta: SegmentMeta,
   payload: Uint8Array,
   what: string,
-  decoder?: ZstdChunkDecoder,
+  decoder: ZstdChunkDecoder,
 ): Generator<Uint8Array> {
   checkPieces(meta, payload, what);
-  const own = decoder ?? new ZstdChunkDecoder(1 << 20);
-  try {
-    let length = 0;
-    let at = 0;
-    for (const size of meta.pieces ?? [payload.length]) {
-      // A decoder reset before each piece: a piece that is not whole frames then fails, as it would alone.
-      own.reset();
-      const piece = payload.subarray(at, at + size);
-      at += size;
-      const output = function* () {
-        yield* own.push(piece);
-        yield* own.end();
-      };
-      for (const chunk of rethrowAs(output(), (err) => notDecompressing(what, err))) {
-        length += chunk.length;
-        if (length > meta.bodySize) throw wrongBodySize(meta, length, what);
-        yield chunk;
-      }
+  let length = 0;
+  let at = 0;
+  for (const size of meta.pieces ?? [payload.length]) {
+    // A decoder reset before each piece: a piece that is not whole frames then fails, as it would alone.
+    decoder.reset();
+    const piece = payload.subarray(at, at + size);
+    at += size;
+    const output = function* () {
+      yield* decoder.push(piece);
+      yield* decoder.end();
+    };
+    for (const chunk of rethrowAs(output(), (err) => notDecompressing(what, err))) {
+      length += chunk.length;
+      if (length > meta.bodySize) throw wrongBodySize(meta, length, what);
+      yield chunk;
     }
-    if (length !== meta.bodySize) throw wrongBodySize(meta, length, what);
-  } finally {
-    if (!decoder) own.close();
   }
+  if (length !== meta.bodySize) throw wrongBodySize(meta, length, what);
 }
 
 function checkPieces(meta: SegmentMeta, payload: Uint8Array, what: string): void {
@@ -201,7 +196,7 @@ export function* decodeSegmentBody(
   try {
     yield* records();
   } finally {
-    cursor.close(); // a consumer that stops early closes the parts too (a decoder they own is freed)
+    cursor.close(); // a consumer that stops early closes the parts too (their finally blocks run)
   }
 
   function* records(): Generator<SegmentRecord> {

@@ -51,7 +51,7 @@ export function applySegment(
   if (meta.pageSize !== state.pageSize) throw corrupt(`page size ${meta.pageSize}, expected ${state.pageSize}`);
   if (meta.firstTxid !== state.txid + 1) throw corrupt(`starts at txid ${meta.firstTxid}, expected ${state.txid + 1}`);
   if (!samePosition(meta.start, state.position)) throw corrupt("does not start where the previous object ended");
-  // Parts from an iterator (segmentBodyParts) are checked against bodySize as they come.
+  // Parts from an iterator (streamSegmentBody) are checked against bodySize as they come.
   if (body instanceof Uint8Array || Array.isArray(body)) {
     const bodySize = byteLength(body);
     if (bodySize !== meta.bodySize) throw corrupt(`payload is ${bodySize} bytes, expected ${meta.bodySize}`);
@@ -167,19 +167,21 @@ export class LastVersions {
       slot = this.#used++;
       this.#slots.set(pgno, slot);
     }
+    this.#slot(slot).set(page);
+  }
+
+  /** Slot `slot`'s bytes, its chunk allocated when first used. */
+  #slot(slot: number): Uint8Array {
     const chunk = Math.floor(slot / this.#chunkPages);
     if (chunk === this.#chunks.length) this.#chunks.push(new Uint8Array(this.#chunkPages * this.#pageSize));
-    this.#chunks[chunk].set(page, (slot % this.#chunkPages) * this.#pageSize);
+    const at = (slot % this.#chunkPages) * this.#pageSize;
+    return this.#chunks[chunk].subarray(at, at + this.#pageSize);
   }
 
   /** Writes every page held, in page order, and frees the slots. */
   flush(): void {
     const pgnos = [...this.#slots.keys()].sort((a, b) => a - b);
-    const view = (pgno: number) => {
-      const slot = this.#slots.get(pgno)!;
-      const at = (slot % this.#chunkPages) * this.#pageSize;
-      return this.#chunks[Math.floor(slot / this.#chunkPages)].subarray(at, at + this.#pageSize);
-    };
+    const view = (pgno: number) => this.#slot(this.#slots.get(pgno)!);
     for (let i = 0; i < pgnos.length;) {
       let j = i + 1;
       while (j < pgnos.length && pgnos[j] === pgnos[j - 1] + 1 && j - i < MAX_IOV) j++;

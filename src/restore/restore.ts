@@ -21,11 +21,8 @@ import { type ApplyState, applySegment, LastVersions } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
 import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
 
-/** Output of the snapshot's decoder, written as each chunk fills: two of these are all the image's memory. */
-const SNAPSHOT_CHUNK = 1 << 20;
-
-/** Output of the segments' decoder: two of these, shared by every segment. */
-const SEGMENT_CHUNK = 1 << 20;
+/** Output chunk of the restore's one zstd decoder (the snapshot's, then every segment's): it holds two. */
+const DECODE_CHUNK = 1 << 20;
 
 /** Segments downloaded at once by default: many small ones are bound by each request's round trip. */
 export const DEFAULT_PARALLELISM = 32;
@@ -106,10 +103,12 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
   } catch (err) {
     throw ioError(`cannot write ${output}`, err);
   }
+  // One decoder, and so the same two output buffers, for the snapshot and every segment.
+  const decoder = new ZstdChunkDecoder(DECODE_CHUNK);
   try {
     const progress = progressCounter(plan, options.onProgress);
-    const state = await restoreSnapshot(storage, plan, fd, progress);
-    await applySegments(storage, plan, fd, state, {
+    const state = await restoreSnapshot(storage, plan, fd, decoder, progress);
+    await applySegments(storage, plan, fd, state, decoder, {
       parallelism: options.parallelism ?? DEFAULT_PARALLELISM,
       aheadBytes: options.aheadBytes ?? DEFAULT_AHEAD_BYTES,
     }, progress);
@@ -138,6 +137,8 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
     fs.rmSync(tmp, { force: true });
     if (err instanceof WalshipError) throw err;
     throw ioError(`cannot write ${output}`, err);
+  } finally {
+    decoder.close();
   }
 }
 
@@ -184,6 +185,7 @@ async function restoreSnapshot(
   storage: ReplicaStorage,
   plan: RestorePlan,
   fd: number,
+  decoder: ZstdChunkDecoder,
   progress: ProgressCounter | null,
 ): Promise<ApplyState> {
   const what = `${storage.location}/${plan.snapshot.key}`;
@@ -191,8 +193,7 @@ async function restoreSnapshot(
   let written = 0;
   // The image is written back as it comes, so the restore's final fsync has little left to do.
   const writeback = new EarlyWriteback(fd);
-  // Decompressed into two reused buffers, written as each fills.
-  const decoder = new ZstdChunkDecoder(SNAPSHOT_CHUNK);
+  // Decompressed into the decoder's two buffers, written as each fills.
   const write = (chunk: Uint8Array) => {
     let done = 0;
     while (done < chunk.length) done += fs.writeSync(fd, chunk, done, chunk.length - done, written + done);
@@ -209,8 +210,6 @@ async function restoreSnapshot(
   } catch (err) {
     await writeback.settle().catch(() => {}); // the restore fails anyway
     throw err; // a WalshipError from the replica, or the output's write error (disk full...)
-  } finally {
-    decoder.close();
   }
   await writeback.settle();
   const meta = out.meta;
@@ -235,6 +234,7 @@ async function applySegments(
   plan: RestorePlan,
   fd: number,
   state: ApplyState,
+  decoder: ZstdChunkDecoder,
   window: { parallelism: number; aheadBytes: number },
   progress: ProgressCounter | null,
 ): Promise<void> {
@@ -260,30 +260,24 @@ async function applySegments(
       next++;
     }
   };
-  // One decoder, and so the same two output buffers, for every segment.
-  const decoder = new ZstdChunkDecoder(SEGMENT_CHUNK);
-  try {
-    for (let i = 0; i < segments.length; i++) {
-      const entry = segments[i];
-      const what = `${storage.location}/${entry.key}`;
-      fetchAhead(i);
-      const bytes = await fetches[i];
-      delete fetches[i];
-      ahead -= entry.size;
-      fetchAhead(i + 1);
-      progress?.add(bytes.length);
-      const { meta, payload } = decodeObject(bytes, what);
-      if (
-        meta.kind !== "segment" || meta.generation !== plan.generation ||
-        meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid
-      ) {
-        throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
-      }
-      // Decompressed a chunk at a time as the records reach it (pages are copied out).
-      if (applySegment(pages, state, meta, streamSegmentBody(meta, payload, what, decoder), plan, what)) break;
+  for (let i = 0; i < segments.length; i++) {
+    const entry = segments[i];
+    const what = `${storage.location}/${entry.key}`;
+    fetchAhead(i);
+    const bytes = await fetches[i];
+    delete fetches[i];
+    ahead -= entry.size;
+    fetchAhead(i + 1);
+    progress?.add(bytes.length);
+    const { meta, payload } = decodeObject(bytes, what);
+    if (
+      meta.kind !== "segment" || meta.generation !== plan.generation ||
+      meta.firstTxid !== entry.firstTxid || meta.lastTxid !== entry.lastTxid
+    ) {
+      throw new WalshipError("CORRUPT", `${what} does not hold the segment its name says`);
     }
-  } finally {
-    decoder.close();
+    // Decompressed a chunk at a time as the records reach it (pages are copied out).
+    if (applySegment(pages, state, meta, streamSegmentBody(meta, payload, what, decoder), plan, what)) break;
   }
   pages.flush();
 }
