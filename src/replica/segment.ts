@@ -24,7 +24,7 @@
 import { byteLength, concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { SegmentMeta } from "./object_format.ts";
-import { rethrowAs, ZstdChunkDecoder, zstdDecompress } from "./zstd.ts";
+import { rethrowAs, type ZstdChunkDecoder, zstdDecompress } from "./zstd.ts";
 import { WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE } from "../sqlite/wal.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
