@@ -13,6 +13,7 @@ import { WalshipError } from "../src/errors.ts";
 import { FileStorage } from "../src/replica/file.ts";
 import { openReplica } from "../src/replica/open_replica.ts";
 import { S3Storage } from "../src/replica/s3.ts";
+import { parseReplicaUrl, type S3ReplicaUrl } from "../src/replica/url.ts";
 import type { ReplicaStorage } from "../src/replica/storage.ts";
 import { type S3Server, startS3Server } from "./_s3_server.ts";
 import { test } from "./_runtime.ts";
@@ -153,13 +154,19 @@ for (const b of backends) {
     assert.equal(storage.stats.bytesUp, data.length);
     assert.equal(storage.stats.bytesDown, 2 * data.length);
     if (b.name === "s3") {
-      // 16 MiB parts: the body went up as a two-part multipart upload.
-      assert.deepEqual(commands.filter((c) => c !== "GetObjectCommand"), [
-        "CreateMultipartUploadCommand",
-        "UploadPartCommand",
-        "UploadPartCommand",
-        "CompleteMultipartUploadCommand",
-      ]);
+      // Below the multipart threshold (256 MiB): one PUT, streamed from the file.
+      assert.deepEqual(commands.filter((c) => c !== "GetObjectCommand"), ["PutObjectCommand"]);
+    }
+  });
+
+  test(`${b.name}: a file body of several MiB comes back exact, whatever its size around a read chunk`, async () => {
+    const storage = (await b.fresh()).at("r");
+    const dir = tempDir("storage-test");
+    for (const size of [0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 3 * MiB + 17]) {
+      const data = new Uint8Array(randomBytes(size));
+      writeFileSync(join(dir, `f${size}`), data);
+      await storage.put(`k${size}`, { path: join(dir, `f${size}`), size });
+      assert.ok(Buffer.from(await storage.get(`k${size}`)).equals(data), `${size} bytes`);
     }
   });
 
@@ -201,16 +208,16 @@ for (const b of backends) {
       "IO",
     );
     assert.match(small.message, /^\[PUT\] .*\/r\/small: /);
-    // Big enough for multipart: the first part uploads, the second cannot be read.
     const bigPath = join(dir, "big");
     writeFileSync(bigPath, new Uint8Array(17 * MiB));
-    await rejects(storage.put("big", { path: bigPath, size: 33 * MiB }), "IO");
+    const big = await rejects(storage.put("big", { path: bigPath, size: 33 * MiB }), "IO");
+    assert.match(big.message, /big holds 17825792 bytes, expected 34603008$/);
     await rejects(storage.get("small"), "NOT_FOUND");
     await rejects(storage.get("big"), "NOT_FOUND");
     assert.deepEqual(await storage.list(""), []);
     assert.equal(storage.stats.puts, 0);
     if (b.name === "s3") {
-      assert.ok(commands.includes("AbortMultipartUploadCommand"), commands.join());
+      assert.deepEqual(commands, ["GetObjectCommand", "GetObjectCommand", "ListObjectsV2Command"], "no PUT was sent");
     } else {assert.deepEqual(
         readdirSync(fileURLToPath(storage.location), { recursive: true }),
         [],
@@ -333,6 +340,49 @@ for (const b of backends) {
 }
 
 // ---- S3 only: credentials, buckets and outages against the real server ----
+
+/** An S3 replica in a fresh bucket whose file bodies above `multipartThreshold` go up as multipart. */
+async function multipartStorage(multipartThreshold: number): Promise<S3Storage> {
+  const server = await s3();
+  const bucket = `walship-mp-${++bucketCount}-${randomBytes(4).toString("hex")}`;
+  await server.createBucket(bucket);
+  return new S3Storage(parseReplicaUrl(server.url(bucket, "r"), server.env) as S3ReplicaUrl, { env: server.env, multipartThreshold });
+}
+
+test("s3: a file body above the multipart threshold goes up in 16 MiB parts, streamed, and comes back exact", async () => {
+  const storage = await multipartStorage(8 * MiB);
+  const commands = recordCommands(storage);
+  const data = new Uint8Array(randomBytes(40 * MiB + 5));
+  const path = join(tempDir("storage-test"), "snapshot");
+  writeFileSync(path, data);
+  await storage.put("gen/snapshot", { path, size: data.length });
+  assert.deepEqual(commands, [
+    "CreateMultipartUploadCommand",
+    "UploadPartCommand",
+    "UploadPartCommand",
+    "UploadPartCommand",
+    "CompleteMultipartUploadCommand",
+  ]);
+  assert.ok(Buffer.from(await storage.get("gen/snapshot")).equals(data), "the parts joined are the file");
+  assert.equal(storage.stats.puts, 1);
+  storage.close();
+});
+
+test("s3: a multipart upload whose file runs out is aborted, fails IO and stores nothing", async () => {
+  const storage = await multipartStorage(8 * MiB);
+  const commands = recordCommands(storage);
+  const path = join(tempDir("storage-test"), "short");
+  // The first part can be read, the second cannot.
+  writeFileSync(path, new Uint8Array(17 * MiB));
+  const err = await rejects(storage.put("big", { path, size: 32 * MiB }), "IO");
+  assert.match(err.message, /^\[PUT\] .*\/r\/big: .*short holds 17825792 bytes, expected 33554432$/);
+  assert.ok(commands.includes("AbortMultipartUploadCommand"), commands.join());
+  assert.ok(!commands.includes("CompleteMultipartUploadCommand"), commands.join());
+  await rejects(storage.get("big"), "NOT_FOUND");
+  assert.deepEqual(await storage.list(""), []);
+  assert.equal(storage.stats.puts, 0);
+  storage.close();
+});
 
 test("s3: wrong credentials give ACCESS_DENIED without the secret in the message", async () => {
   const server = await s3();

@@ -1,7 +1,7 @@
 /**
  * A replica in an S3 bucket (AWS or any S3-compatible server), over the AWS
- * SDK v3. Large bodies go up as multipart uploads read part by part from
- * disk; listings gather every page; every failure becomes a one-line
+ * SDK v3. File bodies are streamed from disk, in one PUT or, when large, as
+ * multipart uploads; listings gather every page; every failure becomes a one-line
  * {@linkcode WalshipError} naming the operation and the object, never a secret.
  *
  * @module
@@ -19,28 +19,14 @@ import {
   S3Client,
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
-import { type FileHandle, open } from "node:fs/promises";
+import { Buffer } from "node:buffer";
+import fs from "node:fs";
+import { Readable } from "node:stream";
 import process from "node:process";
 import { WalshipError } from "../errors.ts";
 import { emptyStats } from "./storage.ts";
 import type { ObjectInfo, PutBody, ReplicaStorage, StorageStats } from "./storage.ts";
 import type { S3ReplicaUrl } from "./url.ts";
-
-/** The buffer single puts read files into, while no put is using it. */
-let spareBuffer: Uint8Array | null = null;
-
-/** The shared buffer when it is free (grown to `size` if need be), else a fresh one. */
-function takeSpare(size: number): Uint8Array {
-  let buf = spareBuffer;
-  spareBuffer = null;
-  if (!buf || buf.length < size) buf = new Uint8Array(size);
-  return buf;
-}
-
-/** Gives a buffer from {@linkcode takeSpare} back; the larger one is kept. */
-function putBackSpare(buf: Uint8Array): void {
-  if (!spareBuffer || spareBuffer.length < buf.length) spareBuffer = buf;
-}
 
 /** Options for {@linkcode S3Storage}. */
 export interface S3StorageOptions {
@@ -54,11 +40,24 @@ export interface S3StorageOptions {
   idleTimeoutMs?: number;
   /** SDK attempts per request; default 3 (the replicator retries on top of this). */
   maxAttempts?: number;
+  /** File bodies larger than this go up as multipart uploads; default {@linkcode SINGLE_PUT_LIMIT}. */
+  multipartThreshold?: number;
 }
 
-/** Bodies up to this size go up in one PutObject; larger ones as multipart. */
-export const SINGLE_PUT_LIMIT = 16 * 1024 * 1024;
+/**
+ * File bodies up to this size go up in one PutObject, larger ones as
+ * multipart uploads (S3 takes at most 5 GiB in one PUT). Either way the
+ * file is read as the request sends it, a quarter MiB at a time: reading
+ * whole objects or 16 MiB parts into memory made a burst's uploads the
+ * largest part of replicate's peak memory (docs/DECISIONS.md, "Replicate
+ * reuses its memory").
+ */
+export const SINGLE_PUT_LIMIT = 256 * 1024 * 1024;
+/** Smallest part of a multipart upload (S3's minimum is 5 MiB). */
+const PART_SIZE = 16 * 1024 * 1024;
 const PART_CONCURRENCY = 4;
+/** Bytes a file body reads at a time. */
+const BODY_CHUNK = 256 * 1024;
 const DELETE_BATCH = 1000;
 
 /**
@@ -82,6 +81,8 @@ export class S3Storage implements ReplicaStorage {
   readonly #pageSize: number;
   readonly #where: string; // who we failed to reach, for messages
   readonly #secrets: string[];
+  readonly #maxAttempts: number;
+  readonly #multipartThreshold: number;
 
   constructor(url: Omit<S3ReplicaUrl, "kind">, options: S3StorageOptions = {}) {
     const env = options.env ?? process.env;
@@ -89,6 +90,8 @@ export class S3Storage implements ReplicaStorage {
     this.#root = url.prefix === "" ? "" : `${url.prefix}/`;
     this.location = `s3://${url.bucket}${url.prefix === "" ? "" : `/${url.prefix}`}`;
     this.#pageSize = options.listPageSize ?? 1000;
+    this.#maxAttempts = options.maxAttempts ?? 3;
+    this.#multipartThreshold = options.multipartThreshold ?? SINGLE_PUT_LIMIT;
     this.#where = url.endpoint ?? `S3 in ${url.region}`;
     const accessKeyId = env.AWS_ACCESS_KEY_ID;
     const secretAccessKey = env.AWS_SECRET_ACCESS_KEY;
@@ -110,7 +113,10 @@ export class S3Storage implements ReplicaStorage {
       // trailing checksums, which S3-compatible servers (s3rver) store verbatim.
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
-      maxAttempts: options.maxAttempts ?? 3,
+      maxAttempts: this.#maxAttempts,
+      // The SDK never retries a streamed body (the uploader does); without a
+      // logger of its own it says so on the console each time.
+      logger: QUIET_LOGGER,
       requestHandler: {
         connectionTimeout: options.connectTimeoutMs ?? 2_000,
         socketTimeout: options.idleTimeoutMs ?? 30_000,
@@ -119,31 +125,57 @@ export class S3Storage implements ReplicaStorage {
   }
 
   async put(key: string, body: PutBody): Promise<void> {
-    if (body instanceof Uint8Array || body.size <= SINGLE_PUT_LIMIT) {
-      // A file's bytes go through one buffer shared by every put (taken while in use): a fresh
-      // one per object left tens of MB of garbage behind a burst of uploads.
-      const spare = body instanceof Uint8Array ? null : takeSpare(body.size);
-      try {
-        const bytes = body instanceof Uint8Array
-          ? body
-          : await this.#readFile(key, body.path, spare!.subarray(0, body.size));
-        await this.#send("PUT", key, () =>
-          this.client.send(
-            new PutObjectCommand({
-              Bucket: this.#bucket,
-              Key: this.#root + key,
-              Body: bytes,
-              ContentLength: bytes.length,
-            }),
-          ));
-      } finally {
-        if (spare) putBackSpare(spare);
-      }
+    const Bucket = this.#bucket;
+    const Key = this.#root + key;
+    if (body instanceof Uint8Array) {
+      await this.#send("PUT", key, () =>
+        this.client.send(new PutObjectCommand({ Bucket, Key, Body: body, ContentLength: body.length })));
+    } else if (body.size <= this.#multipartThreshold) {
+      await this.#sendFile(key, body.path, 0, body.size, (Body, abortSignal) =>
+        this.client.send(new PutObjectCommand({ Bucket, Key, Body, ContentLength: body.size }), { abortSignal }));
     } else {
       await this.#putMultipart(key, body.path, body.size);
     }
     this.stats.puts++;
     this.stats.bytesUp += body instanceof Uint8Array ? body.length : body.size;
+  }
+
+  /**
+   * Sends `length` bytes of the file at `path`, from `start`, as the body of
+   * the request `send` makes, read as it goes. A file that cannot be read or
+   * ends early aborts the request with an IO error naming the file.
+   */
+  async #sendFile<T>(
+    key: string,
+    path: string,
+    start: number,
+    length: number,
+    send: (body: Readable, abortSignal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
+    let body: FileSlice;
+    try {
+      body = new FileSlice(path, start, length);
+    } catch (err) {
+      throw this.#readError(key, path, err);
+    }
+    if (body.fileSize < start + length) {
+      // Checked first: a request whose body stops short is not reliably refused (s3rver stores it).
+      body.destroy();
+      throw new WalshipError("IO", this.#redact(`[PUT] ${this.#url(key)}: ${path} holds ${body.fileSize} bytes, expected ${start + length}`));
+    }
+    const abort = new AbortController();
+    let readFailure: unknown;
+    body.once("error", (err) => {
+      readFailure ??= err;
+      abort.abort(err);
+    });
+    try {
+      return await send(body, abort.signal);
+    } catch (err) {
+      throw readFailure !== undefined ? this.#readError(key, path, readFailure) : this.#error("PUT", key, err);
+    } finally {
+      body.destroy();
+    }
   }
 
   async get(key: string): Promise<Uint8Array> {
@@ -277,47 +309,43 @@ export class S3Storage implements ReplicaStorage {
     } while (token !== undefined);
   }
 
-  /** CreateMultipartUpload, parts read from disk a few at a time, Complete; Abort on any failure. */
+  /**
+   * CreateMultipartUpload, parts streamed from disk a few at a time (each
+   * tried up to maxAttempts times: the SDK does not retry streamed bodies),
+   * Complete; Abort on any failure.
+   */
   async #putMultipart(key: string, path: string, size: number): Promise<void> {
+    const Bucket = this.#bucket;
     const Key = this.#root + key;
     // S3 allows 10,000 parts; grow parts in whole MiB for huge files.
-    const partSize = Math.max(SINGLE_PUT_LIMIT, Math.ceil(size / 9_000 / 1048576) * 1048576);
+    const partSize = Math.max(PART_SIZE, Math.ceil(size / 9_000 / 1048576) * 1048576);
     const count = Math.ceil(size / partSize);
-    const fh = await open(path, "r").catch((err) => {
-      throw this.#readError(key, path, err);
-    });
     let uploadId: string | undefined;
     try {
-      const created = await this.#send(
-        "PUT",
-        key,
-        () => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.#bucket, Key })),
-      );
+      const created = await this.#send("PUT", key, () => this.client.send(new CreateMultipartUploadCommand({ Bucket, Key })));
       uploadId = created.UploadId;
       const etags: string[] = new Array(count);
       let next = 0;
       let failure: unknown;
       const worker = async () => {
-        const buf = new Uint8Array(Math.min(partSize, size));
         try {
           while (failure === undefined && next < count) {
             const i = next++;
-            const len = Math.min(partSize, size - i * partSize);
-            await readExactly(fh, buf.subarray(0, len), i * partSize).catch((err) => {
-              throw this.#readError(key, path, err);
-            });
-            const res = await this.#send("PUT", key, () =>
-              this.client.send(
-                new UploadPartCommand({
-                  Bucket: this.#bucket,
-                  Key,
-                  UploadId: uploadId,
-                  PartNumber: i + 1,
-                  Body: buf.subarray(0, len),
-                  ContentLength: len,
-                }),
-              ));
-            etags[i] = res.ETag ?? "";
+            const length = Math.min(partSize, size - i * partSize);
+            for (let attempt = 1;; attempt++) {
+              try {
+                const res = await this.#sendFile(key, path, i * partSize, length, (Body, abortSignal) =>
+                  this.client.send(
+                    new UploadPartCommand({ Bucket, Key, UploadId: uploadId, PartNumber: i + 1, Body, ContentLength: length }),
+                    { abortSignal },
+                  ));
+                etags[i] = res.ETag ?? "";
+                break;
+              } catch (err) {
+                if (attempt >= this.#maxAttempts || !(err instanceof WalshipError && err.transient)) throw err;
+                await new Promise((r) => setTimeout(r, 200 * attempt));
+              }
+            }
           }
         } catch (err) {
           failure ??= err;
@@ -330,7 +358,7 @@ export class S3Storage implements ReplicaStorage {
       await this.#send("PUT", key, () =>
         this.client.send(
           new CompleteMultipartUploadCommand({
-            Bucket: this.#bucket,
+            Bucket,
             Key,
             UploadId: uploadId,
             MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) },
@@ -339,28 +367,11 @@ export class S3Storage implements ReplicaStorage {
     } catch (err) {
       if (uploadId !== undefined) {
         await this.client
-          .send(new AbortMultipartUploadCommand({ Bucket: this.#bucket, Key, UploadId: uploadId }))
+          .send(new AbortMultipartUploadCommand({ Bucket, Key, UploadId: uploadId }))
           .catch(() => {}); // the upload expires by lifecycle rule if this fails too
       }
       throw err;
-    } finally {
-      await fh.close();
     }
-  }
-
-  /** Reads a local file into `buf`, exactly its length, for a single PutObject. */
-  async #readFile(key: string, path: string, buf: Uint8Array): Promise<Uint8Array> {
-    try {
-      const fh = await open(path, "r");
-      try {
-        await readExactly(fh, buf, 0);
-      } finally {
-        await fh.close();
-      }
-    } catch (err) {
-      throw this.#readError(key, path, err);
-    }
-    return buf;
   }
 
   #readError(key: string, path: string, err: unknown): WalshipError {
@@ -472,17 +483,61 @@ function networkCode(err: unknown, depth = 0): string | undefined {
   return networkCode((err as { cause?: unknown }).cause, depth + 1);
 }
 
-/** Fills `buf` from `fh` at `position`; a file that ends early is an error. */
-async function readExactly(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
-    if (bytesRead === 0) {
-      throw new Error(
-        `file ends at byte ${position + done}, expected at least ${position + buf.length}`,
-      );
+/** The SDK's logger: silent (walship reports failures itself, one line each). */
+const QUIET_LOGGER = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+
+/**
+ * `length` bytes of a file from `start`, as a stream read {@linkcode BODY_CHUNK}
+ * at a time. A file that ends early is an error, not a short body.
+ */
+class FileSlice extends Readable {
+  #fd: number;
+  #position: number;
+  #left: number;
+  readonly #end: number;
+  #reading = false;
+  #closeWhenRead: (() => void) | null = null;
+  /** The file's size when it was opened. */
+  readonly fileSize: number;
+
+  constructor(path: string, start: number, length: number) {
+    super({ highWaterMark: BODY_CHUNK });
+    this.#fd = fs.openSync(path, "r");
+    this.fileSize = fs.fstatSync(this.#fd).size;
+    this.#position = start;
+    this.#left = length;
+    this.#end = start + length;
+  }
+
+  override _read(): void {
+    const want = Math.min(BODY_CHUNK, this.#left);
+    if (want === 0) {
+      this.push(null);
+      return;
     }
-    done += bytesRead;
+    const buf = Buffer.allocUnsafe(want);
+    this.#reading = true;
+    fs.read(this.#fd, buf, 0, want, this.#position, (err, got) => {
+      this.#reading = false;
+      if (this.#closeWhenRead) return this.#closeWhenRead();
+      if (err) return void this.destroy(err);
+      if (got === 0) {
+        return void this.destroy(new Error(`file ends at byte ${this.#position}, expected at least ${this.#end}`));
+      }
+      this.#position += got;
+      this.#left -= got;
+      this.push(got < want ? buf.subarray(0, got) : buf);
+    });
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    const fd = this.#fd;
+    this.#fd = -1;
+    if (fd < 0) return callback(err);
+    const close = () => fs.close(fd, () => callback(err));
+    // Not while a read is in flight: the descriptor's number could be reused under it.
+    if (this.#reading) this.#closeWhenRead = close;
+    else close();
   }
 }
 
