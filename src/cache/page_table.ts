@@ -23,6 +23,8 @@ import { writeFileDurable } from "../durable.ts";
 const MAGIC = new TextEncoder().encode("wspages1");
 const HEADER = 64;
 const ENTRY = 8;
+/** Bytes of a page's hash kept: the first 8 of its SHA-256. */
+export const PAGE_HASH_BYTES = ENTRY;
 
 /** The first 8 bytes of a page's SHA-256. */
 export function pageHash(page: Uint8Array): Uint8Array {

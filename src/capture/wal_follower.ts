@@ -49,7 +49,7 @@ export interface FollowResult {
 
 /** Options for {@linkcode WalFollower}. */
 export interface FollowerOptions {
-  /** Most frame bytes one poll returns; default 16 MiB. */
+  /** Most frame bytes one poll returns; default 4 MiB (the buffers they are read into are kept). */
   maxBytes?: number;
   /** Clock, for tests. */
   now?: () => number;
@@ -81,7 +81,7 @@ export class WalFollower {
     this.walPath = `${dbPath}-wal`;
     this.shmPath = `${dbPath}-shm`;
     this.#position = position;
-    this.#maxBytes = options.maxBytes ?? 16 << 20;
+    this.#maxBytes = options.maxBytes ?? 4 << 20;
     this.#now = options.now ?? Date.now;
   }
 

@@ -13,12 +13,90 @@ import { Decompress as FzstdDecompress, decompress as fzstdDecompress } from "fz
 export const ZSTD_LEVEL = 3;
 const hasNativeZstd = typeof zlib.zstdCompressSync === "function";
 
-/** Compresses `data` with zstd. */
+/** Compresses `data` with zstd into a fresh buffer. */
 export function zstdCompress(data: Uint8Array): Uint8Array {
   if (!hasNativeZstd) throw new Error("this runtime has no zstd encoder in node:zlib: use Deno or Bun");
   return zlib.zstdCompressSync(data, {
     params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
   });
+}
+
+/** The encoder's first output buffer; it doubles when a frame needs more. */
+const FIRST_OUTPUT = 1 << 20;
+/** An output buffer larger than this is not kept between calls (a large heal's). */
+const KEEP_OUTPUT_MAX = 16 << 20;
+
+/**
+ * A zstd encoder whose output lands in one buffer it reuses: each
+ * {@linkcode compress} returns a view that the next call overwrites. Like
+ * {@linkcode ZstdChunkDecoder}, it drives the handle inside
+ * `zlib.createZstdCompress()` directly; `zstdCompressSync` allocates every
+ * output afresh, and a burst of pieces left tens of MB of them for the
+ * collector (docs/DECISIONS.md, "Replicate reuses its memory"). Where the
+ * handle is missing (or with `native: false`), `zstdCompressSync` stands in.
+ * The frames carry no content size, so they decode the same way as any
+ * streamed frame.
+ */
+export class ZstdPieceEncoder {
+  readonly #stream: zlib.ZstdCompress | null = null;
+  readonly #handle: ZstdHandle | null = null;
+  readonly #state: Uint32Array | null = null;
+  #out = new Uint8Array(0);
+  #failure: string | null = null;
+
+  constructor(options: { native?: boolean } = {}) {
+    if (!hasNativeZstd) throw new Error("this runtime has no zstd encoder in node:zlib: use Deno or Bun");
+    if (options.native === false) return;
+    const stream = zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } });
+    const inner = stream as unknown as { _handle?: ZstdHandle; _writeState?: Uint32Array };
+    if (typeof inner._handle?.writeSync === "function" && inner._writeState instanceof Uint32Array) {
+      this.#stream = stream;
+      this.#handle = inner._handle;
+      this.#state = inner._writeState;
+      this.#handle.onerror = (message) => {
+        this.#failure = message;
+      };
+    } else {
+      stream.close();
+    }
+  }
+
+  /** `data` as one whole zstd frame: a view valid until the next call. */
+  compress(data: Uint8Array): Uint8Array {
+    const handle = this.#handle;
+    if (!handle) return zstdCompress(data);
+    const state = this.#state!;
+    if (this.#out.length === 0) this.#out = new Uint8Array(FIRST_OUTPUT);
+    let out = this.#out;
+    let produced = 0;
+    let offset = 0;
+    let left = data.length;
+    handle.reset();
+    for (;;) {
+      handle.writeSync(zlib.constants.ZSTD_e_end, data, offset, left, out, produced, out.length - produced);
+      if (this.#failure !== null) {
+        const message = this.#failure;
+        this.#failure = null;
+        throw new Error(message);
+      }
+      const wrote = out.length - produced - state[0];
+      offset += left - state[1];
+      left = state[1];
+      produced += wrote;
+      // The frame is done once the input is used up and the encoder had room to spare.
+      if (left === 0 && produced < out.length) break;
+      const bigger = new Uint8Array(out.length * 2);
+      bigger.set(out.subarray(0, produced));
+      out = bigger;
+    }
+    this.#out = out.length > KEEP_OUTPUT_MAX ? new Uint8Array(0) : out;
+    return out.subarray(0, produced);
+  }
+
+  /** Frees the encoder. */
+  close(): void {
+    this.#stream?.close();
+  }
 }
 
 /** Decompresses a whole zstd frame (native when present, fzstd otherwise). */

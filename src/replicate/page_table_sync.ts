@@ -10,7 +10,7 @@
  */
 
 import fs from "node:fs";
-import { PageTable, pageHash } from "../cache/page_table.ts";
+import { PAGE_HASH_BYTES, PageTable, pageHash } from "../cache/page_table.ts";
 import type { CachedObject, ObjectCache } from "../cache/object_cache.ts";
 import { decodeObject } from "../replica/object_format.ts";
 import { decodeSegmentBody, decompressSegmentParts, type SegmentRecord } from "../replica/segment.ts";
@@ -42,7 +42,7 @@ export function applyRecords(table: PageTable, records: Iterable<SegmentRecord>)
 }
 
 /** Copies of pages held before they are hashed; beyond this, they are hashed early to bound memory. */
-const CHANGES_HELD_BYTES = 8 << 20;
+const CHANGES_HELD_BYTES = 2 << 20;
 
 /**
  * What a run of transactions did to the pages, for the page table: only the
@@ -61,8 +61,14 @@ export class PageChanges {
   #slab: Uint8Array;
   #used = 0;
   #pageSize = 0;
-  /** Hashes of pages whose copies were hashed early. */
-  #hashes = new Map<number, Uint8Array>();
+  /**
+   * Pages whose copies were hashed early: where each one's 8-byte hash is
+   * in #hashSlab (one buffer, not a small one per page: a burst of new pages
+   * made tens of thousands of them).
+   */
+  #hashes = new Map<number, number>();
+  #hashSlab = new Uint8Array(0);
+  #hashUsed = 0;
   #size: number;
   #lowestShrink = Infinity;
 
@@ -130,7 +136,7 @@ export class PageChanges {
   /** Brings `table` (at the state these changes started from) to the state after them. */
   applyTo(table: PageTable): void {
     if (this.#lowestShrink < Infinity) table.truncate(this.#lowestShrink);
-    for (const [pgno, hash] of this.#hashes) table.setHash(pgno, hash);
+    for (const [pgno, at] of this.#hashes) table.setHash(pgno, this.#hashSlab.subarray(at, at + PAGE_HASH_BYTES));
     for (const [pgno, at] of this.#held) table.set(pgno, this.#slab.subarray(at, at + this.#pageSize));
     table.truncate(this.#size);
   }
@@ -143,7 +149,21 @@ export class PageChanges {
   }
 
   #hashHeld(): void {
-    for (const [pgno, at] of this.#held) this.#hashes.set(pgno, pageHash(this.#slab.subarray(at, at + this.#pageSize)));
+    for (const [pgno, at] of this.#held) {
+      const hash = pageHash(this.#slab.subarray(at, at + this.#pageSize));
+      let to = this.#hashes.get(pgno);
+      if (to === undefined) {
+        if (this.#hashUsed + PAGE_HASH_BYTES > this.#hashSlab.length) {
+          const bigger = new Uint8Array(Math.max(4096, 2 * this.#hashSlab.length));
+          bigger.set(this.#hashSlab.subarray(0, this.#hashUsed));
+          this.#hashSlab = bigger;
+        }
+        to = this.#hashUsed;
+        this.#hashUsed += PAGE_HASH_BYTES;
+        this.#hashes.set(pgno, to);
+      }
+      this.#hashSlab.set(hash, to);
+    }
     this.#held.clear();
     this.#used = 0;
   }

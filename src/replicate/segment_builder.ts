@@ -15,12 +15,19 @@
 import type { ObservedTransaction } from "../capture/wal_follower.ts";
 import { encodeObjectParts, type SegmentMeta } from "../replica/object_format.ts";
 import { encodeRecord, type SegmentRecord } from "../replica/segment.ts";
-import { zstdCompress } from "../replica/zstd.ts";
+import { ZstdPieceEncoder } from "../replica/zstd.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 import { PageChanges } from "./page_table_sync.ts";
 
 /** Raw record bytes gathered before they are compressed into one piece. */
 export const PIECE_BYTES = 4 << 20;
+
+/**
+ * One encoder for every builder in the process: compressing is synchronous,
+ * and a context per database would hold megabytes each for hundreds of
+ * mostly idle databases.
+ */
+let encoder: ZstdPieceEncoder | null = null;
 
 /** A finished segment, ready for the cache: the object in parts (joined, they are the object). */
 export interface BuiltSegment {
@@ -193,7 +200,9 @@ export class SegmentBuilder {
 
   #compressRaw(): void {
     if (this.#rawBytes === 0) return;
-    this.#pieces.push(zstdCompress(this.#raw.subarray(0, this.#rawBytes)));
+    encoder ??= new ZstdPieceEncoder();
+    // The encoder's output is overwritten by its next piece: keep a copy of the compressed size.
+    this.#pieces.push(encoder.compress(this.#raw.subarray(0, this.#rawBytes)).slice());
     this.#rawBytes = 0;
     // A large heal's buffer is not kept.
     if (this.#raw.length > 2 * PIECE_BYTES) this.#raw = new Uint8Array(0);
