@@ -30,7 +30,7 @@ export function concatBytes(parts: Uint8Array[]): Uint8Array {
 }
 
 /** How many bytes `data` holds, whole or in parts. */
-export function byteLength(data: Uint8Array | readonly Uint8Array[]): number {
+export function byteLength(data: Uint8Array | readonly { length: number }[]): number {
   if (!Array.isArray(data)) return (data as Uint8Array).length;
   let n = 0;
   for (const p of data) n += p.length;

@@ -26,15 +26,47 @@ export function tempPathBeside(target: string): string {
   return `${target}.tmp-${randomBytes(6).toString("hex")}`;
 }
 
+/** `length` bytes at `offset` of the open file `fd`: part of a file's contents, standing in for bytes. */
+export interface FileRun {
+  fd: number;
+  offset: number;
+  length: number;
+}
+
+/** A buffer runs are read through, one call at a time (all of this is synchronous). */
+let runBuffer: Uint8Array | null = null;
+const RUN_CHUNK = 1 << 20;
+
+/**
+ * Calls `use` with the bytes of `run`, a chunk at a time, each a view into
+ * one reused buffer that is valid only during the call. A file that ends
+ * early is an error.
+ */
+export function forEachRunChunk(run: FileRun, use: (chunk: Uint8Array) => void): void {
+  runBuffer ??= new Uint8Array(RUN_CHUNK);
+  const buf = runBuffer;
+  for (let done = 0; done < run.length;) {
+    const want = Math.min(buf.length, run.length - done);
+    const got = fs.readSync(run.fd, buf, 0, want, run.offset + done);
+    if (got === 0) throw new Error(`file ends ${run.length - done} bytes short of its run`);
+    use(buf.subarray(0, got));
+    done += got;
+  }
+}
+
 /** Writes `data` to `target` durably and atomically (temp, fsync, rename, fsync dir). */
-export function writeFileDurable(target: string, data: Uint8Array | Uint8Array[]): void {
+export function writeFileDurable(target: string, data: Uint8Array | Array<Uint8Array | FileRun>): void {
   const tmp = tempPathBeside(target);
   try {
     const fd = fs.openSync(tmp, "w");
     try {
-      for (const part of Array.isArray(data) ? data : [data]) {
+      const write = (part: Uint8Array) => {
         let done = 0;
         while (done < part.length) done += fs.writeSync(fd, part, done, part.length - done);
+      };
+      for (const part of Array.isArray(data) ? data : [data]) {
+        if (part instanceof Uint8Array) write(part);
+        else forEachRunChunk(part, write);
       }
       fs.fsyncSync(fd);
     } finally {

@@ -20,7 +20,7 @@ import { decodeObject, type SegmentMeta } from "../src/replica/object_format.ts"
 import { openReplica } from "../src/replica/open_replica.ts";
 import { decodeSegmentBody, encodeSegmentBody, type SegmentRecord, TAG_HEAL } from "../src/replica/segment.ts";
 import { zstdDecompress } from "../src/replica/zstd.ts";
-import { SegmentBuilder } from "../src/replicate/segment_builder.ts";
+import { SegmentBuilder, segmentBytes } from "../src/replicate/segment_builder.ts";
 import { writeSnapshotObject } from "../src/replicate/snapshot_object.ts";
 import { type ApplyState, applySegment, LastVersions } from "../src/restore/apply.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
@@ -28,7 +28,6 @@ import { encodeWalHeader } from "../src/sqlite/wal.ts";
 import type { WalPosition } from "../src/sqlite/wal_scanner.ts";
 import { test } from "./_runtime.ts";
 import { commitFrame } from "./_wal_fixtures.ts";
-import { concatBytes } from "../src/bytes.ts";
 import { prng, withTempDir } from "./_util.ts";
 
 const PAGE = 512;
@@ -117,7 +116,7 @@ test("restores through heals: grows, chains on from the heal's position, shrinks
     const segments: SegmentMeta[] = [];
     const ship = async () => {
       const seg = builder.build(generation, PAGE);
-      await storage.put(segmentKey(generation, seg.meta), concatBytes(seg.parts));
+      await storage.put(segmentKey(generation, seg.meta), segmentBytes(seg));
       segments.push(seg.meta);
       builder.commit();
     };

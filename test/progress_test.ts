@@ -21,11 +21,10 @@ import {
 import { newGenerationId, segmentKey, snapshotKey } from "../src/replica/layout.ts";
 import { openReplica } from "../src/replica/open_replica.ts";
 import type { ReplicaStorage } from "../src/replica/storage.ts";
-import { SegmentBuilder } from "../src/replicate/segment_builder.ts";
+import { SegmentBuilder, segmentBytes } from "../src/replicate/segment_builder.ts";
 import { writeSnapshotObject } from "../src/replicate/snapshot_object.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
 import { test } from "./_runtime.ts";
-import { concatBytes } from "../src/bytes.ts";
 import { prng, spawnWalship, withTempDir } from "./_util.ts";
 
 const KiB = 1024;
@@ -187,7 +186,7 @@ async function buildReplica(dir: string, storage: ReplicaStorage, pages: number)
   const builder = new SegmentBuilder(1, null, pages, false);
   builder.addHeal({ dbSize: pages, time: t0 + 1000, position: null, bigEndian: false, pages: [{ pgno: 2, page }] });
   const seg = builder.build(generation, PAGE);
-  await storage.put(segmentKey(generation, seg.meta), concatBytes(seg.parts));
+  await storage.put(segmentKey(generation, seg.meta), segmentBytes(seg));
   builder.commit();
   image.set(page, PAGE);
   return image;

@@ -9,19 +9,29 @@
  *   encoder's output lands in the same buffer call after call, so a caller
  *   that keeps a result must copy it;
  * - a segment whose pieces are compressed one after another by that shared
- *   encoder holds every piece, not the last one many times over.
+ *   encoder holds every piece, not the last one many times over;
+ * - a builder with a spill file keeps at most SPILL_AFTER of pieces in
+ *   memory and the rest in the file, and gives the very object (bytes and
+ *   hash) a builder without one gives, through build, rebuild, the cache's
+ *   writer and the next segment; commit empties the file, close removes it;
+ *   a spill file that cannot be written leaves the pieces in memory.
  *
  * Streamed S3 uploads are held to their bytes in replica_storage_test.ts.
  */
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
 import { decompress as fzstdDecompress } from "fzstd";
 import { decodeObject } from "../src/replica/object_format.ts";
 import { decodeSegmentBody, decompressSegmentParts } from "../src/replica/segment.ts";
 import { ZstdPieceEncoder, zstdDecompress } from "../src/replica/zstd.ts";
-import { PIECE_BYTES, SegmentBuilder } from "../src/replicate/segment_builder.ts";
+import { PIECE_BYTES, SegmentBuilder, segmentBytes, SPILL_AFTER } from "../src/replicate/segment_builder.ts";
+import type { ObservedTransaction } from "../src/capture/wal_follower.ts";
+import { writeFileDurable } from "../src/durable.ts";
 import { test } from "./_runtime.ts";
+import { removeTempDirs, tempDir } from "./_util.ts";
 
 const MiB = 1 << 20;
 
@@ -68,33 +78,35 @@ test("piece encoder (native): results share one buffer, so the next call overwri
   encoder.close();
 });
 
-test("segment builder: pieces compressed one after another by the shared encoder each keep their own bytes", () => {
-  const pageSize = 4096;
-  const builder = new SegmentBuilder(0, null, 0, false);
-  // Transactions of 64 one-page frames: about 2.5 pieces of raw records in all.
-  const transactions = [];
-  let frame = 0;
-  const salts = [7, 9];
+const PAGE = 4096;
+
+/**
+ * Transactions of 64 one-page frames, about `pieces` pieces of raw records
+ * in all; pages half random (so the compressed pieces pass SPILL_AFTER) when
+ * `random`.
+ */
+function transactions(pieces: number, random = false): ObservedTransaction[] {
   const perTx = 64;
-  const txCount = Math.ceil((2.5 * PIECE_BYTES) / (perTx * (24 + pageSize)));
+  const txCount = Math.ceil((pieces * PIECE_BYTES) / (perTx * (24 + PAGE)));
+  const out: ObservedTransaction[] = [];
   for (let t = 0; t < txCount; t++) {
-    const frames = new Uint8Array(perTx * (24 + pageSize));
+    const frames = new Uint8Array(perTx * (24 + PAGE));
     const v = new DataView(frames.buffer);
     const pages: number[] = [];
     for (let i = 0; i < perTx; i++) {
-      const at = i * (24 + pageSize);
+      const at = i * (24 + PAGE);
       const pgno = t * perTx + i + 1;
       pages.push(pgno);
       v.setUint32(at, pgno);
       v.setUint32(at + 4, i === perTx - 1 ? (t + 1) * perTx : 0);
-      v.setUint32(at + 8, salts[0]);
-      v.setUint32(at + 12, salts[1]);
-      frames.set(textBytes(pageSize, pgno), at + 24);
+      v.setUint32(at + 8, 7);
+      v.setUint32(at + 12, 9);
+      frames.set(textBytes(PAGE, pgno), at + 24);
+      if (random) frames.set(randomBytes(PAGE / 2), at + 24);
     }
-    frame += perTx;
-    transactions.push({
-      firstFrame: frame - perTx + 1,
-      lastFrame: frame,
+    out.push({
+      firstFrame: t * perTx + 1,
+      lastFrame: (t + 1) * perTx,
       offset: 0,
       end: 0,
       pages,
@@ -105,17 +117,85 @@ test("segment builder: pieces compressed one after another by the shared encoder
       time: 1_000 + t,
     });
   }
-  builder.add(transactions, null);
-  const seg = builder.build("g", pageSize);
-  assert.ok((seg.meta.pieces?.length ?? 1) >= 3, `several pieces (${seg.meta.pieces?.length})`);
-  const { meta, payload } = decodeObject(Buffer.concat(seg.parts), "segment");
+  return out;
+}
+
+/** Checks that `bytes` is a segment holding exactly `txs`, in order. */
+function assertHolds(bytes: Uint8Array, txs: ObservedTransaction[]): void {
+  const { meta, payload } = decodeObject(bytes, "segment");
   assert.equal(meta.kind, "segment");
+  if (meta.kind !== "segment") return;
   let t = 0;
-  for (const record of decodeSegmentBody(decompressSegmentParts(seg.meta, payload, "segment"), pageSize, "segment")) {
+  for (const record of decodeSegmentBody(decompressSegmentParts(meta, payload, "segment"), PAGE, "segment")) {
     assert.equal(record.tag, "transaction");
     if (record.tag !== "transaction") continue;
-    assert.ok(Buffer.from(record.frames).equals(transactions[t].frames), `transaction ${t} exact`);
+    assert.ok(Buffer.from(record.frames).equals(txs[t].frames), `transaction ${t} exact`);
     t++;
   }
-  assert.equal(t, transactions.length, "every transaction");
+  assert.equal(t, txs.length, "every transaction");
+}
+
+test("segment builder: pieces compressed one after another by the shared encoder each keep their own bytes", () => {
+  const builder = new SegmentBuilder(0, null, 0, false);
+  const txs = transactions(2.5);
+  builder.add(txs, null);
+  const seg = builder.build("g", PAGE);
+  assert.ok((seg.meta.pieces?.length ?? 1) >= 3, `several pieces (${seg.meta.pieces?.length})`);
+  assertHolds(segmentBytes(seg), txs);
+});
+
+test("segment builder: pieces past SPILL_AFTER wait in the spill file, and the object is the same byte for byte", () => {
+  const dir = tempDir("spill");
+  const spillPath = path.join(dir, "segment-spill");
+  const txs = transactions(6, true);
+  const plain = new SegmentBuilder(0, null, 0, false);
+  plain.add(txs, null);
+  const expected = plain.build("g", PAGE);
+  assert.ok(expected.parts.every((p) => p instanceof Uint8Array), "no spill file: every piece in memory");
+
+  const spilling = new SegmentBuilder(0, null, 0, false, { spillPath });
+  spilling.add(txs, null);
+  const seg = spilling.build("g", PAGE);
+  const runs = seg.parts.filter((p) => !(p instanceof Uint8Array));
+  assert.ok(runs.length >= 2, `pieces went to the spill file (${runs.length})`);
+  const held = seg.parts.slice(1, -1).filter((p) => p instanceof Uint8Array).reduce((n, p) => n + p.length, 0);
+  assert.ok(held <= SPILL_AFTER, `at most SPILL_AFTER held in memory (${held})`);
+  assert.equal(seg.hash, expected.hash);
+  assert.equal(seg.size, expected.size);
+  const bytes = segmentBytes(seg);
+  assert.ok(Buffer.from(bytes).equals(segmentBytes(expected)), "the same object");
+  assertHolds(bytes, txs);
+
+  // Written through the cache's writer, runs and all: the same bytes on disk.
+  writeFileDurable(path.join(dir, "object"), seg.parts);
+  assert.ok(fs.readFileSync(path.join(dir, "object")).equals(bytes), "written object");
+  // Built again before commit (a cache write that failed): still the same.
+  assert.equal(spilling.build("g", PAGE).hash, expected.hash);
+
+  // Commit empties the spill file; the next segment spills from its start.
+  spilling.commit();
+  assert.equal(fs.statSync(spillPath).size, 0);
+  const more = transactions(6, true).map((tx) => ({ ...tx, firstFrame: tx.firstFrame + 10_000, lastFrame: tx.lastFrame + 10_000 }));
+  spilling.add(more, null);
+  const next = spilling.build("g", PAGE);
+  assert.ok(next.parts.some((p) => !(p instanceof Uint8Array)), "the next segment spills too");
+  assertHolds(segmentBytes(next), more);
+  spilling.close();
+  assert.ok(!fs.existsSync(spillPath), "close removes the spill file");
+});
+
+test("segment builder: a spill file that cannot be written leaves the pieces in memory, nothing lost", () => {
+  const dir = tempDir("spill");
+  // The spill file's directory does not exist: every spill fails.
+  const spilling = new SegmentBuilder(0, null, 0, false, { spillPath: path.join(dir, "missing", "segment-spill") });
+  const txs = transactions(6, true);
+  spilling.add(txs, null);
+  const seg = spilling.build("g", PAGE);
+  assert.ok(seg.parts.every((p) => p instanceof Uint8Array), "every piece in memory");
+  assertHolds(segmentBytes(seg), txs);
+  spilling.close();
+});
+
+test("teardown: temporary directories are removed", () => {
+  removeTempDirs();
 });

@@ -28,7 +28,7 @@ import { openReplica } from "../src/replica/open_replica.ts";
 import { decompressSegmentParts, encodeSegmentBody, type SegmentRecord } from "../src/replica/segment.ts";
 import { PageChanges } from "../src/replicate/page_table_sync.ts";
 import { Replicator } from "../src/replicate/replicator.ts";
-import { PIECE_BYTES, SegmentBuilder } from "../src/replicate/segment_builder.ts";
+import { PIECE_BYTES, SegmentBuilder, segmentBytes } from "../src/replicate/segment_builder.ts";
 import { writeSnapshotObject } from "../src/replicate/snapshot_object.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
 import type { WalPosition } from "../src/sqlite/wal_scanner.ts";
@@ -98,7 +98,7 @@ test("pieces: a segment of more than 4 MiB is format 2, its body is its records,
       states.push(after);
     }
     const seg = builder.build(generation, PAGE);
-    const segBytes = concatBytes(seg.parts);
+    const segBytes = segmentBytes(seg);
     assert.equal(segBytes.length, seg.size);
     assert.equal(new DataView(segBytes.buffer, segBytes.byteOffset).getUint16(8), 2, "format 2 in the preamble");
     assert.ok((seg.meta.pieces?.length ?? 0) >= 3, `pieces: ${JSON.stringify(seg.meta.pieces)}`);
@@ -115,7 +115,7 @@ test("pieces: a segment of more than 4 MiB is format 2, its body is its records,
     const f = commitFrame(pos, 2, states.at(-1)!.length, page, false, t0 + count);
     builder.add([f.tx], null);
     const small = builder.build(generation, PAGE);
-    const smallBytes = concatBytes(small.parts);
+    const smallBytes = segmentBytes(small);
     assert.equal(new DataView(smallBytes.buffer, smallBytes.byteOffset).getUint16(8), 1);
     assert.equal(small.meta.pieces, undefined);
     await storage.put(segmentKey(generation, small.meta), smallBytes);
@@ -143,7 +143,7 @@ test("pieces: a piece list that does not add up, a piece that does not decompres
       builder.add([f.tx], null);
     }
     const seg = builder.build(generation, PAGE);
-    const segBytes = concatBytes(seg.parts);
+    const segBytes = segmentBytes(seg);
     const key = segmentKey(generation, seg.meta);
     const { payload } = decodeObject(segBytes, key);
     const pieces = seg.meta.pieces!;

@@ -11,6 +11,9 @@
  *   journal            JSON lines: "object" records (fsynced, naming the replicas
  *                      they go to) and per-replica "uploaded" marks
  *
+ * (The directory also holds the page table, `pages`, and the segment
+ * builder's scratch file, `segment-spill`; this class touches neither.)
+ *
  * Each replica keeps its own position: an object leaves a replica's queue
  * when that replica has it, and its file is freed when every replica has it.
  *
@@ -21,7 +24,7 @@ import { byteLength } from "../bytes.ts";
 import fs from "node:fs";
 import path from "node:path";
 import { ioError } from "../capture/file_source.ts";
-import { fsyncDir, renameDurable, writeFileDurable } from "../durable.ts";
+import { type FileRun, fsyncDir, renameDurable, writeFileDurable } from "../durable.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
 /** One object recorded in the journal. */
@@ -167,8 +170,8 @@ export class ObjectCache {
     return this.pending().filter((o) => !fs.existsSync(this.objectPath(o.hash)));
   }
 
-  /** Makes `bytes` durable under its hash, then records it. */
-  addBytes(bytes: Uint8Array | Uint8Array[], entry: Omit<CachedObject, "seq" | "size">): CachedObject {
+  /** Makes `bytes` (or parts of them, some perhaps runs of another file) durable under its hash, then records it. */
+  addBytes(bytes: Uint8Array | Array<Uint8Array | FileRun>, entry: Omit<CachedObject, "seq" | "size">): CachedObject {
     writeFileDurable(this.objectPath(entry.hash), bytes);
     return this.#record({ ...entry, size: byteLength(bytes) });
   }

@@ -28,6 +28,7 @@ import { newGenerationId, snapshotKey, segmentKey } from "../replica/layout.ts";
 import type { SnapshotMeta } from "../replica/object_format.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
 import { DB_HEADER_SIZE, parseDbHeader } from "../sqlite/db_header.ts";
+import type { WalPosition } from "../sqlite/wal_scanner.ts";
 import { PageTable } from "../cache/page_table.ts";
 import { listGeneration, listGenerations } from "../restore/plan.ts";
 import { restoreDatabase } from "../restore/restore.ts";
@@ -375,8 +376,17 @@ export class Replicator {
     this.#saveTable(true);
     this.#pinKeeper.close();
     this.#follower.close();
+    this.#builder?.close();
     this.#cache.close();
     return result;
+  }
+
+  /** A builder starting after `txid` at `position`, in place of the last one (whose spill file goes). */
+  #newBuilder(txid: number, position: WalPosition | null, dbSize: number, bigEndian: boolean): void {
+    this.#builder?.close();
+    this.#builder = new SegmentBuilder(txid, position, dbSize, bigEndian, {
+      spillPath: path.join(this.#cacheDir, "segment-spill"),
+    });
   }
 
   /** A snapshot of counters and positions. */
@@ -743,7 +753,7 @@ export class Replicator {
         this.#generation = last.generation;
         this.#pageSize = last.pageSize;
         this.#follower.rebase(last.position, last.dbSize, last.pageSize, last.bigEndian);
-        this.#builder = new SegmentBuilder(last.txid, last.position, last.dbSize, last.bigEndian);
+        this.#newBuilder(last.txid, last.position, last.dbSize, last.bigEndian);
         for (const t of this.#targets) {
           const first = this.#cache.next(t.name);
           t.uploadedTxid = first ? Math.max(0, first.txid - 1) : last.txid;
@@ -760,7 +770,7 @@ export class Replicator {
       }
     }
     const base = Math.max(last?.txid ?? 0, ...remotes.map((r) => r?.maxTxid ?? 0));
-    this.#builder = new SegmentBuilder(base, null, 0, false);
+    this.#newBuilder(base, null, 0, false);
     if (last) this.#log.warn(`cannot resume: ${why}; starting a new generation from a snapshot`, { db: this.db });
     await this.#beginGeneration(why);
   }
@@ -792,7 +802,7 @@ export class Replicator {
     this.#follower.rebase(image.position, image.dbSize, image.pageSize, image.bigEndian);
     this.#storeSnapshot(written, reason);
     this.#table = table;
-    this.#builder = new SegmentBuilder(txid, image.position, image.dbSize, image.bigEndian);
+    this.#newBuilder(txid, image.position, image.dbSize, image.bigEndian);
     this.#saveTable(true);
     this.#repairReason = null;
   }

@@ -7,13 +7,18 @@
  * docs/FORMAT.md), and the page table's view of what changed is kept as the
  * last version of each page (PageChanges). Memory then follows the
  * compressed size of a sync interval's writes, not the raw size, and cutting
- * a segment compresses at most one piece.
+ * a segment compresses at most one piece. Past SPILL_AFTER of pieces, the
+ * rest wait in a spill file instead (docs/DECISIONS.md, "Replicate reuses
+ * its memory").
  *
  * @module
  */
 
+import { createHash } from "node:crypto";
+import fs from "node:fs";
 import type { ObservedTransaction } from "../capture/wal_follower.ts";
-import { encodeObjectParts, type SegmentMeta } from "../replica/object_format.ts";
+import { type FileRun, forEachRunChunk } from "../durable.ts";
+import { encodePreamble, type SegmentMeta } from "../replica/object_format.ts";
 import { encodeRecord, type SegmentRecord } from "../replica/segment.ts";
 import { ZstdPieceEncoder } from "../replica/zstd.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
@@ -29,12 +34,36 @@ export const PIECE_BYTES = 4 << 20;
  */
 let encoder: ZstdPieceEncoder | null = null;
 
-/** A finished segment, ready for the cache: the object in parts (joined, they are the object). */
+/**
+ * Compressed bytes a builder with a spill file keeps in memory; later pieces
+ * of the segment go to the file. A burst of incompressible pages (workload 2
+ * of the benchmarks: 36 MB of pieces per 64 MiB segment) then waits on disk,
+ * while an ordinary interval's few pieces never touch it.
+ */
+export const SPILL_AFTER = 4 << 20;
+
+/**
+ * A finished segment, ready for the cache: the object in parts (joined, they
+ * are the object). A part is bytes, or a run of the builder's spill file,
+ * readable until {@linkcode SegmentBuilder.commit}.
+ */
 export interface BuiltSegment {
-  parts: Uint8Array[];
+  parts: Array<Uint8Array | FileRun>;
   size: number;
   hash: string;
   meta: SegmentMeta;
+}
+
+/** The object's bytes in one array (runs read from the spill file): for tests and small segments. */
+export function segmentBytes(seg: BuiltSegment): Uint8Array {
+  const out = new Uint8Array(seg.size);
+  let at = 0;
+  const put = (chunk: Uint8Array) => {
+    out.set(chunk, at);
+    at += chunk.length;
+  };
+  for (const part of seg.parts) part instanceof Uint8Array ? put(part) : forEachRunChunk(part, put);
+  return out;
 }
 
 /** Transactions waiting to become a segment. */
@@ -48,8 +77,13 @@ export class SegmentBuilder {
    */
   #raw = new Uint8Array(0);
   #rawBytes = 0;
-  /** Compressed pieces, in order. */
-  #pieces: Uint8Array[] = [];
+  /** Compressed pieces, in order: in memory, or runs of the spill file. */
+  #pieces: Array<Uint8Array | FileRun> = [];
+  /** Compressed bytes of #pieces held in memory. */
+  #heldBytes = 0;
+  readonly #spillPath: string | null;
+  #spillFd: number | null = null;
+  #spillEnd = 0;
   #changes: PageChanges;
   #start: WalPosition | null;
   #end: WalPosition | null;
@@ -63,8 +97,20 @@ export class SegmentBuilder {
   #startBigEndian: boolean;
   #bigEndian: boolean;
 
-  /** Starts after `lastTxid`, at `position`, with the database `dbSize` pages long. */
-  constructor(lastTxid: number, position: WalPosition | null, dbSize: number, bigEndian: boolean) {
+  /**
+   * Starts after `lastTxid`, at `position`, with the database `dbSize` pages
+   * long. With `spillPath`, pieces beyond {@linkcode SPILL_AFTER} wait in that
+   * file (created when first needed, emptied by each commit, removed by
+   * {@linkcode close}) instead of memory.
+   */
+  constructor(
+    lastTxid: number,
+    position: WalPosition | null,
+    dbSize: number,
+    bigEndian: boolean,
+    options: { spillPath?: string } = {},
+  ) {
+    this.#spillPath = options.spillPath ?? null;
     this.#startBigEndian = bigEndian;
     this.#bigEndian = bigEndian;
     this.#lastTxid = lastTxid;
@@ -201,11 +247,40 @@ export class SegmentBuilder {
   #compressRaw(): void {
     if (this.#rawBytes === 0) return;
     encoder ??= new ZstdPieceEncoder();
-    // The encoder's output is overwritten by its next piece: keep a copy of the compressed size.
-    this.#pieces.push(encoder.compress(this.#raw.subarray(0, this.#rawBytes)).slice());
+    const piece = encoder.compress(this.#raw.subarray(0, this.#rawBytes));
     this.#rawBytes = 0;
     // A large heal's buffer is not kept.
     if (this.#raw.length > 2 * PIECE_BYTES) this.#raw = new Uint8Array(0);
+    if (this.#heldBytes + piece.length > SPILL_AFTER) {
+      const run = this.#spill(piece);
+      if (run) {
+        this.#pieces.push(run);
+        return;
+      }
+    }
+    // The encoder's output is overwritten by its next piece: keep a copy of the compressed size.
+    this.#pieces.push(piece.slice());
+    this.#heldBytes += piece.length;
+  }
+
+  /**
+   * Appends `piece` to the spill file; null when there is none or it cannot
+   * be written (a full disk): the piece then stays in memory, as it would
+   * have without a spill file.
+   */
+  #spill(piece: Uint8Array): FileRun | null {
+    if (this.#spillPath === null) return null;
+    try {
+      this.#spillFd ??= fs.openSync(this.#spillPath, "w+");
+      for (let done = 0; done < piece.length;) {
+        done += fs.writeSync(this.#spillFd, piece, done, piece.length - done, this.#spillEnd + done);
+      }
+    } catch {
+      return null;
+    }
+    const run = { fd: this.#spillFd, offset: this.#spillEnd, length: piece.length };
+    this.#spillEnd += piece.length;
+    return run;
   }
 
   /**
@@ -230,7 +305,17 @@ export class SegmentBuilder {
       bodySize: this.#bytes,
     };
     if (this.#pieces.length > 1) meta.pieces = this.#pieces.map((p) => p.length);
-    return { ...encodeObjectParts(meta, this.#pieces), meta };
+    const parts: Array<Uint8Array | FileRun> = [encodePreamble(meta), ...this.#pieces];
+    const hasher = createHash("sha256");
+    for (const part of parts) {
+      if (part instanceof Uint8Array) hasher.update(part);
+      else forEachRunChunk(part, (chunk) => hasher.update(chunk));
+    }
+    const digest = hasher.digest();
+    parts.push(digest);
+    let size = 0;
+    for (const part of parts) size += part.length;
+    return { parts, size, hash: digest.toString("hex"), meta };
   }
 
   /** Forgets the built records: the next segment starts where this one ended. */
@@ -238,10 +323,27 @@ export class SegmentBuilder {
     this.#records = 0;
     this.#rawBytes = 0;
     this.#pieces = [];
+    this.#heldBytes = 0;
+    if (this.#spillFd !== null && this.#spillEnd > 0) {
+      this.#spillEnd = 0;
+      try {
+        fs.ftruncateSync(this.#spillFd, 0);
+      } catch { /* its runs are not read again; the next segment writes over them */ }
+    }
     this.#changes = this.#changes.next(this.#dbSize);
     this.#start = this.#end;
     this.#startBigEndian = this.#bigEndian;
     this.#firstTxid = 0;
     this.#bytes = 0;
+  }
+
+  /** Closes and removes the spill file (the builder is not used again). */
+  close(): void {
+    if (this.#spillFd === null) return;
+    try {
+      fs.closeSync(this.#spillFd);
+      fs.rmSync(this.#spillPath!, { force: true });
+    } catch { /* scratch: the next builder's first spill truncates it */ }
+    this.#spillFd = null;
   }
 }
