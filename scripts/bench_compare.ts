@@ -37,21 +37,53 @@ const LITESTREAM_PKG = "@flydotio/litestream-linux-x64@1.0.1";
 const LITESTREAM_VERSION = "v0.3.13";
 const BUCKET = "bench";
 
-const { values: opts } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    only: { type: "string", default: "1,2,3,4,5" },
-    tools: { type: "string", default: "walship,litestream" },
-    json: { type: "string" },
-    dir: { type: "string" },
-    keep: { type: "boolean", default: false },
-    walship: { type: "string", default: path.join(ROOT, "dist", "walship") },
-    /** Extra arguments for `walship replicate`, space-separated (experiments, e.g. "--no-pin"). */
-    "walship-args": { type: "string", default: "" },
-    /** Workload 3's database size in MiB (default 1024, or 16 with --quick). */
-    "big-mib": { type: "string" },
-  },
-});
+const USAGE = `Usage: node_modules/.bin/deno run -A scripts/bench_compare.ts [options]
+
+walship beside Litestream ${LITESTREAM_VERSION}, workload by workload; results in docs/BENCHMARKS.md.
+
+Options:
+  --quick               tiny sizes (seconds; the test suite's smoke run)
+  --only 1,2,...        workloads to run (default 1,2,3,4,5):
+                          1 write-heavy, 2 large blobs, 3 snapshot and restore of 1 GiB,
+                          4 restore of a long history, 5 many databases
+  --tools walship,litestream
+                        which tools to run (default both)
+  --walship PATH        walship binary (default dist/walship, from npm run build)
+  --walship-args "..."  extra arguments for walship replicate (experiments)
+  --big-mib N           workload 3's database size in MiB (default 1024)
+  --json FILE           also write the results as JSON
+  --dir DIR             work directory (default a fresh temporary one)
+  --keep                keep the work directory (replicas, databases)
+  --help                this text
+`;
+
+let parsed;
+try {
+  parsed = parseArgs({
+    options: {
+      help: { type: "boolean", default: false },
+      quick: { type: "boolean", default: false },
+      only: { type: "string", default: "1,2,3,4,5" },
+      tools: { type: "string", default: "walship,litestream" },
+      json: { type: "string" },
+      dir: { type: "string" },
+      keep: { type: "boolean", default: false },
+      walship: { type: "string", default: path.join(ROOT, "dist", "walship") },
+      /** Extra arguments for `walship replicate`, space-separated (experiments, e.g. "--no-pin"). */
+      "walship-args": { type: "string", default: "" },
+      /** Workload 3's database size in MiB (default 1024, or 16 with --quick). */
+      "big-mib": { type: "string" },
+    },
+  });
+} catch (err) {
+  console.error(`${(err as Error).message}\n\n${USAGE}`);
+  process.exit(2);
+}
+const opts = parsed.values;
+if (opts.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 const QUICK = opts.quick!;
 const ONLY = new Set(opts.only!.split(",").map((s) => Number(s.trim())));
 const TOOLS = opts.tools!.split(",").map((s) => s.trim()) as Tool[];
