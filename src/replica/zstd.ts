@@ -21,6 +21,28 @@ export function zstdCompress(data: Uint8Array): Uint8Array {
   });
 }
 
+/** A `node:zlib` zstd stream, its handle, and the state array the handle's `writeSync` reports into. */
+interface NativeZstd {
+  stream: zlib.ZstdCompress | zlib.ZstdDecompress;
+  handle: ZstdHandle;
+  state: Uint32Array;
+}
+
+/**
+ * The handle inside `stream`, with `onError` taking its errors (Bun reports
+ * them there; Deno throws). Null, and the stream closed, where the runtime
+ * lacks it.
+ */
+function nativeZstd(stream: NativeZstd["stream"], onError: (message: string) => void): NativeZstd | null {
+  const inner = stream as unknown as { _handle?: ZstdHandle; _writeState?: Uint32Array };
+  if (typeof inner._handle?.writeSync !== "function" || !(inner._writeState instanceof Uint32Array)) {
+    stream.close();
+    return null;
+  }
+  inner._handle.onerror = onError;
+  return { stream, handle: inner._handle, state: inner._writeState };
+}
+
 /** The encoder's first output buffer; it doubles when a frame needs more. */
 const FIRST_OUTPUT = 1 << 20;
 /** An output buffer larger than this is not kept between calls (a large heal's). */
@@ -38,9 +60,7 @@ const KEEP_OUTPUT_MAX = 16 << 20;
  * streamed frame.
  */
 export class ZstdPieceEncoder {
-  readonly #stream: zlib.ZstdCompress | null = null;
-  readonly #handle: ZstdHandle | null = null;
-  readonly #state: Uint32Array | null = null;
+  readonly #native: NativeZstd | null = null;
   #out = new Uint8Array(0);
   #failure: string | null = null;
 
@@ -48,24 +68,13 @@ export class ZstdPieceEncoder {
     if (!hasNativeZstd) throw new Error("this runtime has no zstd encoder in node:zlib: use Deno or Bun");
     if (options.native === false) return;
     const stream = zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } });
-    const inner = stream as unknown as { _handle?: ZstdHandle; _writeState?: Uint32Array };
-    if (typeof inner._handle?.writeSync === "function" && inner._writeState instanceof Uint32Array) {
-      this.#stream = stream;
-      this.#handle = inner._handle;
-      this.#state = inner._writeState;
-      this.#handle.onerror = (message) => {
-        this.#failure = message;
-      };
-    } else {
-      stream.close();
-    }
+    this.#native = nativeZstd(stream, (message) => this.#failure = message);
   }
 
   /** `data` as one whole zstd frame: a view valid until the next call. */
   compress(data: Uint8Array): Uint8Array {
-    const handle = this.#handle;
-    if (!handle) return zstdCompress(data);
-    const state = this.#state!;
+    if (!this.#native) return zstdCompress(data);
+    const { handle, state } = this.#native;
     if (this.#out.length === 0) this.#out = new Uint8Array(FIRST_OUTPUT);
     let out = this.#out;
     let produced = 0;
@@ -95,7 +104,7 @@ export class ZstdPieceEncoder {
 
   /** Frees the encoder. */
   close(): void {
-    this.#stream?.close();
+    this.#native?.stream.close();
   }
 }
 
@@ -138,9 +147,7 @@ interface ZstdHandle {
  * the same bytes.
  */
 export class ZstdChunkDecoder {
-  readonly #stream: zlib.ZstdDecompress | null = null;
-  readonly #handle: ZstdHandle | null = null;
-  readonly #state: Uint32Array | null = null;
+  readonly #native: NativeZstd | null = null;
   readonly #buffers: Uint8Array[] = [];
   #next = 0;
   #failure: string | null = null;
@@ -149,19 +156,11 @@ export class ZstdChunkDecoder {
 
   constructor(chunkSize: number, options: { native?: boolean } = {}) {
     if (hasNativeZstd && options.native !== false) {
-      const stream = zlib.createZstdDecompress();
-      const inner = stream as unknown as { _handle?: ZstdHandle; _writeState?: Uint32Array };
-      if (typeof inner._handle?.writeSync === "function" && inner._writeState instanceof Uint32Array) {
-        this.#stream = stream;
-        this.#handle = inner._handle;
-        this.#state = inner._writeState;
-        this.#handle.onerror = (message) => {
-          this.#failure = message;
-        };
+      this.#native = nativeZstd(zlib.createZstdDecompress(), (message) => this.#failure = message);
+      if (this.#native) {
         this.#buffers = [new Uint8Array(chunkSize), new Uint8Array(chunkSize)];
         return;
       }
-      stream.close();
     }
     this.#fallback = this.#newFallback();
   }
@@ -181,8 +180,7 @@ export class ZstdChunkDecoder {
       yield* out;
       return;
     }
-    const handle = this.#handle!;
-    const state = this.#state!;
+    const { handle, state } = this.#native!;
     let offset = 0;
     let left = input.length;
     for (;;) {
@@ -218,13 +216,13 @@ export class ZstdChunkDecoder {
       this.#fallback = this.#newFallback();
       this.#fallbackOut = [];
     } else {
-      this.#handle!.reset();
+      this.#native!.handle.reset();
     }
   }
 
   /** Frees the decoder. */
   close(): void {
-    this.#stream?.close();
+    this.#native?.stream.close();
   }
 }
 
