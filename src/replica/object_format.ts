@@ -18,6 +18,7 @@
 
 import { createHash } from "node:crypto";
 import { byteLength, concatBytes } from "../bytes.ts";
+import { type FileRun, forEachRunChunk } from "../durable.ts";
 import { WalshipError } from "../errors.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
@@ -102,15 +103,19 @@ export function encodeObject(meta: ObjectMeta, payload: Uint8Array | Uint8Array[
 /**
  * The same object as {@linkcode encodeObject}, left in parts (preamble,
  * payload parts, trailer) for a writer that takes parts: a large segment is
- * then never copied into one buffer.
+ * then never copied into one buffer. A payload part may be a run of a file
+ * (a segment builder's spill file), hashed by reading it.
  */
-export function encodeObjectParts(
+export function encodeObjectParts<P extends Uint8Array | FileRun>(
   meta: ObjectMeta,
-  payload: Uint8Array | Uint8Array[],
-): { parts: Uint8Array[]; size: number; hash: string } {
-  const parts = [encodePreamble(meta), ...(Array.isArray(payload) ? payload : [payload])];
+  payload: Uint8Array | P[],
+): { parts: Array<Uint8Array | P>; size: number; hash: string } {
+  const parts: Array<Uint8Array | P> = [encodePreamble(meta), ...(Array.isArray(payload) ? payload : [payload])];
   const hasher = createHash("sha256");
-  for (const p of parts) hasher.update(p);
+  for (const p of parts) {
+    if (p instanceof Uint8Array) hasher.update(p);
+    else forEachRunChunk(p, (chunk) => hasher.update(chunk));
+  }
   const digest = hasher.digest();
   parts.push(digest);
   return { parts, size: byteLength(parts), hash: digest.toString("hex") };

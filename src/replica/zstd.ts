@@ -113,7 +113,7 @@ export function zstdDecompress(data: Uint8Array): Uint8Array {
   return hasNativeZstd ? zlib.zstdDecompressSync(data) : fzstdDecompress(data);
 }
 
-/** The part of node:zlib's zstd handle {@linkcode ZstdChunkDecoder} drives. */
+/** The part of node:zlib's zstd handle that {@linkcode ZstdPieceEncoder} and {@linkcode ZstdChunkDecoder} drive. */
 interface ZstdHandle {
   writeSync(
     flush: number,

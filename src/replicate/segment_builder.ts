@@ -14,11 +14,10 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
 import fs from "node:fs";
 import type { ObservedTransaction } from "../capture/wal_follower.ts";
 import { type FileRun, forEachRunChunk } from "../durable.ts";
-import { encodePreamble, type SegmentMeta } from "../replica/object_format.ts";
+import { encodeObjectParts, type SegmentMeta } from "../replica/object_format.ts";
 import { encodeRecord, type SegmentRecord } from "../replica/segment.ts";
 import { ZstdPieceEncoder } from "../replica/zstd.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
@@ -305,17 +304,7 @@ export class SegmentBuilder {
       bodySize: this.#bytes,
     };
     if (this.#pieces.length > 1) meta.pieces = this.#pieces.map((p) => p.length);
-    const parts: Array<Uint8Array | FileRun> = [encodePreamble(meta), ...this.#pieces];
-    const hasher = createHash("sha256");
-    for (const part of parts) {
-      if (part instanceof Uint8Array) hasher.update(part);
-      else forEachRunChunk(part, (chunk) => hasher.update(chunk));
-    }
-    const digest = hasher.digest();
-    parts.push(digest);
-    let size = 0;
-    for (const part of parts) size += part.length;
-    return { parts, size, hash: digest.toString("hex"), meta };
+    return { ...encodeObjectParts(meta, this.#pieces), meta };
   }
 
   /** Forgets the built records: the next segment starts where this one ended. */
