@@ -8,6 +8,9 @@
  *   output buffer) comes back exactly through both decoders; the native
  *   encoder's output lands in the same buffer call after call, so a caller
  *   that keeps a result must copy it;
+ * - ZstdStreamEncoder: chunks pushed one at a time come back as one zstd
+ *   frame (a snapshot's payload is one frame) holding exactly their
+ *   concatenation, through both decoders, its output in two buffers only;
  * - a segment whose pieces are compressed one after another by that shared
  *   encoder holds every piece, not the last one many times over;
  * - a builder with a spill file keeps at most SPILL_AFTER of pieces in
@@ -26,7 +29,7 @@ import path from "node:path";
 import { decompress as fzstdDecompress } from "fzstd";
 import { decodeObject } from "../src/replica/object_format.ts";
 import { decodeSegmentBody, decompressSegmentParts } from "../src/replica/segment.ts";
-import { ZstdPieceEncoder, zstdDecompress } from "../src/replica/zstd.ts";
+import { ZstdPieceEncoder, zstdDecompress, ZstdStreamEncoder } from "../src/replica/zstd.ts";
 import { PIECE_BYTES, SegmentBuilder, segmentBytes, SPILL_AFTER } from "../src/replicate/segment_builder.ts";
 import type { ObservedTransaction } from "../src/capture/wal_follower.ts";
 import { writeFileDurable } from "../src/durable.ts";
@@ -66,6 +69,59 @@ for (const native of [true, false]) {
     encoder.close();
   });
 }
+
+/** How many zstd frames `data` holds, walking frame and block headers (RFC 8878 §3.1.1). */
+function zstdFrameCount(data: Uint8Array): number {
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  let at = 0;
+  let frames = 0;
+  while (at < data.length) {
+    assert.equal(view.getUint32(at, true), 0xfd2fb528, `a zstd frame starts at byte ${at}`);
+    const fhd = data[at + 4];
+    const single = (fhd >> 5) & 1;
+    const fcsBytes = [single ? 1 : 0, 2, 4, 8][fhd >> 6];
+    at += 5 + (single ? 0 : 1) + [0, 1, 2, 4][fhd & 3] + fcsBytes;
+    for (let last = 0; !last;) {
+      const header = data[at] | (data[at + 1] << 8) | (data[at + 2] << 16);
+      last = header & 1;
+      const type = (header >> 1) & 3;
+      at += 3 + (type === 1 ? 1 : header >>> 3);
+    }
+    if ((fhd >> 2) & 1) at += 4;
+    frames++;
+  }
+  assert.equal(at, data.length, "the frames end where the data ends");
+  return frames;
+}
+
+test("stream encoder: chunks pushed in turn make one frame of exactly their bytes, in two reused buffers", () => {
+  const encoder = new ZstdStreamEncoder(64 * 1024);
+  const inputs = [
+    textBytes(3 * MiB, 5),
+    new Uint8Array(0),
+    new Uint8Array(randomBytes(MiB + 77)), // incompressible: many full output buffers in one push
+    new Uint8Array([1, 2, 3]),
+    textBytes(200_000, 6),
+  ];
+  const out: Uint8Array[] = [];
+  const buffers = new Set<ArrayBufferLike>();
+  const take = (views: Iterable<Uint8Array>) => {
+    for (const view of views) {
+      buffers.add(view.buffer);
+      out.push(view.slice());
+    }
+  };
+  for (const input of inputs) take(encoder.push(input));
+  take(encoder.end());
+  encoder.close();
+  const frame = Buffer.concat(out);
+  const expected = Buffer.concat(inputs);
+  assert.ok(out.length > 16, `many output chunks (${out.length})`);
+  assert.equal(buffers.size, 2, "every output chunk is a view of one of two buffers");
+  assert.equal(zstdFrameCount(frame), 1);
+  assert.ok(Buffer.from(zstdDecompress(frame)).equals(expected), "through node:zlib");
+  assert.ok(Buffer.from(fzstdDecompress(frame)).equals(expected), "through fzstd");
+});
 
 test("piece encoder (native): results share one buffer, so the next call overwrites a kept view", () => {
   const encoder = new ZstdPieceEncoder();

@@ -169,6 +169,34 @@ test("an image short of its pages is refused; so is a page table of another page
     assert.equal(table.count, 6);
   }));
 
+test("a failure while the object is written stops the image's reader (its file is closed) and is thrown", () =>
+  withTempDir("snapshot-pass-stop", async (dir) => {
+    const chunk = new Uint8Array(16 * 4096).fill(3);
+    let yielded = 0;
+    let closed = false;
+    async function* image() {
+      try {
+        for (let first = 1; first <= 64; first += 16) {
+          yielded++;
+          yield { first, chunk };
+        }
+      } finally {
+        closed = true;
+      }
+    }
+    const boom = new WalshipError("IO", "the progress callback failed");
+    await assert.rejects(
+      writeSnapshotObject(image(), snapshotMeta(newGenerationId(), 4096, 64, Date.now()), path.join(dir, "o"), {
+        onProgress: (done) => {
+          if (done === 2 * chunk.length) throw boom;
+        },
+      }),
+      (err: unknown) => err === boom,
+    );
+    assert.ok(closed, "the reader's finally ran");
+    assert.ok(yielded < 4, `reading stopped early (${yielded} of 4 chunks)`);
+  }));
+
 test("without a WAL the image is the database file byte for byte, and it is ours alone (0600)", () =>
   withTempDir("snapshot-pass-copy", async (dir) => {
     const db = path.join(dir, "app.db");

@@ -128,6 +128,100 @@ interface ZstdHandle {
   onerror: (message: string, errno: number, code?: string) => void;
 }
 
+/** Two output buffers used in turn, and which one is next. */
+interface TwoBuffers {
+  buffers: Uint8Array[];
+  next: number;
+}
+
+/**
+ * Runs `input` through a native handle with `flush`, into `out`'s buffers
+ * in turn, yielding each one's filled part as a view (valid while the next
+ * one is filled, overwritten by the one after). Returns once the input is
+ * used up and the handle had output room to spare: with `ZSTD_e_end` the
+ * frame is then complete, with `ZSTD_e_continue` the handle holds the rest.
+ * Throws what `failure()` reports after a call, and on a call that moves
+ * nothing.
+ */
+function* drive(
+  z: NativeZstd,
+  flush: number,
+  input: Uint8Array,
+  out: TwoBuffers,
+  failure: () => string | null,
+): Generator<Uint8Array> {
+  const { handle, state } = z;
+  let offset = 0;
+  let left = input.length;
+  for (;;) {
+    const buffer = out.buffers[out.next];
+    handle.writeSync(flush, input, offset, left, buffer, 0, buffer.length);
+    const failed = failure();
+    if (failed !== null) throw new Error(failed);
+    const produced = buffer.length - state[0];
+    const consumed = left - state[1];
+    offset += consumed;
+    left -= consumed;
+    if (produced > 0) {
+      out.next ^= 1;
+      yield buffer.subarray(0, produced);
+    }
+    if (left === 0 && produced < buffer.length) return;
+    if (produced === 0 && consumed === 0) throw new Error("the zstd handle made no progress");
+  }
+}
+
+/**
+ * Output chunk size of {@linkcode ZstdStreamEncoder}: 1 MiB, not zlib's
+ * 16 KiB. Each output chunk costs a write and a hash update; a 1 GiB object
+ * made 77,000 of each with 16 KiB.
+ */
+const STREAM_CHUNK = 1 << 20;
+
+/**
+ * One zstd frame made from input pushed a chunk at a time, its output
+ * landing in two buffers of `chunkSize` bytes it reuses: what a snapshot of
+ * any size is compressed with. Each output chunk is a view valid while the
+ * next one is taken. The frame is made on the calling thread by the handle
+ * inside `zlib.createZstdCompress()`, as {@linkcode ZstdPieceEncoder} makes
+ * pieces; the Transform stream it replaced allocated every output chunk
+ * afresh and left a 1 GiB snapshot's worth of them to the collector
+ * (docs/DECISIONS.md, "Replicate reuses its memory"). There is no stand-in:
+ * without that handle (Deno and Bun both carry it) the constructor throws.
+ */
+export class ZstdStreamEncoder {
+  readonly #native: NativeZstd;
+  readonly #buffers: TwoBuffers;
+  #failure: string | null = null;
+
+  constructor(chunkSize = STREAM_CHUNK) {
+    const native = hasNativeZstd
+      ? nativeZstd(
+        zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } }),
+        (message) => this.#failure = message,
+      )
+      : null;
+    if (!native) throw new Error("this runtime has no zstd encoder handle in node:zlib: use Deno or Bun");
+    this.#native = native;
+    this.#buffers = { buffers: [new Uint8Array(chunkSize), new Uint8Array(chunkSize)], next: 0 };
+  }
+
+  /** Compresses `input` into the frame, yielding whatever output is ready. */
+  push(input: Uint8Array): Generator<Uint8Array> {
+    return drive(this.#native, zlib.constants.ZSTD_e_continue, input, this.#buffers, () => this.#failure);
+  }
+
+  /** Ends the frame, yielding the rest of it. */
+  end(): Generator<Uint8Array> {
+    return drive(this.#native, zlib.constants.ZSTD_e_end, new Uint8Array(0), this.#buffers, () => this.#failure);
+  }
+
+  /** Frees the encoder. */
+  close(): void {
+    this.#native.stream.close();
+  }
+}
+
 /**
  * A zstd decoder fed input as it comes (one frame, or several one after
  * another: their contents follow each other), whose output lands in two
@@ -148,8 +242,7 @@ interface ZstdHandle {
  */
 export class ZstdChunkDecoder {
   readonly #native: NativeZstd | null = null;
-  readonly #buffers: Uint8Array[] = [];
-  #next = 0;
+  readonly #buffers: TwoBuffers = { buffers: [], next: 0 };
   #failure: string | null = null;
   #fallback: FzstdDecompress | null = null;
   #fallbackOut: Uint8Array[] = [];
@@ -158,7 +251,7 @@ export class ZstdChunkDecoder {
     if (hasNativeZstd && options.native !== false) {
       this.#native = nativeZstd(zlib.createZstdDecompress(), (message) => this.#failure = message);
       if (this.#native) {
-        this.#buffers = [new Uint8Array(chunkSize), new Uint8Array(chunkSize)];
+        this.#buffers.buffers = [new Uint8Array(chunkSize), new Uint8Array(chunkSize)];
         return;
       }
     }
@@ -180,25 +273,7 @@ export class ZstdChunkDecoder {
       yield* out;
       return;
     }
-    const { handle, state } = this.#native!;
-    let offset = 0;
-    let left = input.length;
-    for (;;) {
-      const out = this.#buffers[this.#next];
-      handle.writeSync(zlib.constants.ZSTD_e_end, input, offset, left, out, 0, out.length);
-      if (this.#failure !== null) throw new Error(this.#failure);
-      const produced = out.length - state[0];
-      const consumed = left - state[1];
-      offset += consumed;
-      left -= consumed;
-      if (produced > 0) {
-        this.#next ^= 1;
-        yield out.subarray(0, produced);
-      }
-      // Done with this input once it is used up and the decoder had output to spare.
-      if (left === 0 && produced < out.length) return;
-      if (produced === 0 && consumed === 0) throw new Error("the zstd decoder made no progress");
-    }
+    yield* drive(this.#native!, zlib.constants.ZSTD_e_end, input, this.#buffers, () => this.#failure);
   }
 
   /** Yields what the input so far still holds back (fzstd may keep a block until told the input ended). */
@@ -237,19 +312,4 @@ export function* rethrowAs<T>(chunks: Iterable<T>, wrap: (err: unknown) => Error
   } catch (err) {
     throw wrap(err);
   }
-}
-
-/**
- * Output chunk size of the streaming encoder: 1 MiB, not zlib's 16 KiB. Each
- * output chunk costs a hop to the runtime's thread pool and back, a write and
- * a hash update; a 1 GiB object made 77,000 of each with 16 KiB.
- */
-const STREAM_CHUNK = 1 << 20;
-
-/** A streaming zstd encoder (node:zlib Transform). */
-export function createZstdCompressStream(): zlib.ZstdCompress {
-  return zlib.createZstdCompress({
-    chunkSize: STREAM_CHUNK,
-    params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
-  });
 }

@@ -9,13 +9,11 @@
 
 import fs from "node:fs";
 import { createHash } from "node:crypto";
-import type { Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import type { PageTable } from "../cache/page_table.ts";
 import { ioError } from "../capture/file_source.ts";
 import { WalshipError } from "../errors.ts";
 import { encodePreamble, type SnapshotMeta } from "../replica/object_format.ts";
-import { createZstdCompressStream } from "../replica/zstd.ts";
+import { ZstdStreamEncoder } from "../replica/zstd.ts";
 import { type ImageChunk, readImageChunks } from "../capture/snapshot_reader.ts";
 
 /** Options for {@linkcode writeSnapshotObject}. */
@@ -64,27 +62,23 @@ export async function writeSnapshotObject(
     const pre = encodePreamble(meta);
     hasher.update(pre);
     await file.write(pre);
-    const zstd = createZstdCompressStream();
-    const compressed = pipeline(zstd, async function (source: AsyncIterable<Uint8Array>) {
-      for await (const chunk of source) {
-        hasher.update(chunk);
-        await file.write(chunk);
-      }
-    });
-    compressed.catch(() => {}); // awaited below, once the feed is done
+    const zstd = new ZstdStreamEncoder();
+    const emit = async (bytes: Uint8Array) => {
+      hasher.update(bytes);
+      await file.write(bytes);
+    };
     try {
       const chunks = typeof image === "string" ? readImageChunks(image, meta.pageSize, meta.dbSize) : image;
       await feed(zstd, chunks, (first, chunk) => {
         table?.setPages(first, chunk);
         read += chunk.length; // not inside onProgress?.(…): an absent callback skips its arguments
         onProgress?.(read, total);
-      });
+      }, emit);
       if (read !== total) throw new WalshipError("IO", `the image gave ${read} bytes, not its ${total}`);
-      zstd.end();
-    } catch (err) {
-      zstd.destroy(err as Error); // the pipeline then fails with the first error, this or its own
+      for (const bytes of zstd.end()) await emit(bytes);
+    } finally {
+      zstd.close();
     }
-    await compressed;
     table?.truncate(meta.dbSize);
     const digest = hasher.digest();
     await file.write(digest);
@@ -100,23 +94,33 @@ export async function writeSnapshotObject(
 }
 
 /**
- * Writes each chunk to the compressor after showing it to `seen`, waiting
- * for the compressor to be done with a chunk (its write callback) before
- * the reader may reuse that chunk's buffer: `chunks` must keep a chunk
- * valid while the next one is read, as readImageChunks does.
+ * Compresses each chunk after showing it to `seen`, handing the output to
+ * `emit` (which must be done with it when its promise settles: the encoder
+ * reuses its buffers). The next chunk is being read meanwhile: `chunks`
+ * must keep a chunk valid while the next one is read, as readImageChunks
+ * and ImageView do.
  */
 async function feed(
-  zstd: Writable,
+  zstd: ZstdStreamEncoder,
   chunks: AsyncIterable<ImageChunk>,
   seen: (first: number, chunk: Uint8Array) => void,
+  emit: (out: Uint8Array) => Promise<void>,
 ): Promise<void> {
-  let pending: Promise<void> | null = null;
-  for await (const { first, chunk } of chunks) {
-    seen(first, chunk);
-    // Chunk k is read while chunk k - 1 is compressed; k + 1 reuses k - 1's buffer.
-    if (pending) await pending;
-    pending = new Promise<void>((resolve, reject) => zstd.write(chunk, (err) => err ? reject(err) : resolve()));
-    pending.catch(() => {}); // a failure while the next chunk is read is reported by the pipeline
+  const reader = chunks[Symbol.asyncIterator]();
+  let next = reader.next();
+  try {
+    for (;;) {
+      const step = await next;
+      if (step.done) return;
+      const { first, chunk } = step.value;
+      seen(first, chunk);
+      next = reader.next();
+      next.catch(() => {}); // awaited on the next turn; a failure before then is reported there or not at all
+      for (const out of zstd.push(chunk)) await emit(out);
+    }
+  } finally {
+    // Stops the reader (and closes its file) when compressing or writing failed.
+    await next.catch(() => {});
+    await reader.return?.();
   }
-  if (pending) await pending;
 }
