@@ -95,7 +95,7 @@ function zstdFrameCount(data: Uint8Array): number {
 }
 
 test("stream encoder: chunks pushed in turn make one frame of exactly their bytes, in two reused buffers", () => {
-  const encoder = new ZstdStreamEncoder(64 * 1024);
+  const encoder = new ZstdStreamEncoder({ chunkSize: 64 * 1024 });
   const inputs = [
     textBytes(3 * MiB, 5),
     new Uint8Array(0),
@@ -121,6 +121,29 @@ test("stream encoder: chunks pushed in turn make one frame of exactly their byte
   assert.equal(zstdFrameCount(frame), 1);
   assert.ok(Buffer.from(zstdDecompress(frame)).equals(expected), "through node:zlib");
   assert.ok(Buffer.from(fzstdDecompress(frame)).equals(expected), "through fzstd");
+});
+
+test("stream encoder: a small input's output buffers are its size, not the 1 MiB default", () => {
+  const input = textBytes(8192, 7);
+  const encoder = new ZstdStreamEncoder({ inputSize: input.length });
+  const views = [...encoder.push(input), ...encoder.end()];
+  encoder.close();
+  assert.ok(views.length > 0);
+  for (const view of views) assert.equal(view.buffer.byteLength, 8192);
+  const frame = Buffer.concat(views.map((v) => v.slice()));
+  assert.equal(zstdFrameCount(frame), 1);
+  assert.equal(frame[4] >> 6, 1, "the frame header records the pledged size (2-byte field)");
+  assert.ok(Buffer.from(zstdDecompress(frame)).equals(input));
+  assert.ok(Buffer.from(fzstdDecompress(frame)).equals(input));
+});
+
+test("stream encoder: input that is not the pledged size fails the frame instead of making one", () => {
+  const encoder = new ZstdStreamEncoder({ inputSize: 10_000 });
+  assert.throws(() => {
+    for (const _ of encoder.push(textBytes(5_000, 8))) { /* drained */ }
+    for (const _ of encoder.end()) { /* drained */ }
+  });
+  encoder.close();
 });
 
 test("piece encoder (native): results share one buffer, so the next call overwrites a kept view", () => {

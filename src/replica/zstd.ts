@@ -128,8 +128,9 @@ interface ZstdHandle {
   onerror: (message: string, errno: number, code?: string) => void;
 }
 
-/** Two output buffers used in turn, and which one is next. */
+/** Two output buffers of `size` bytes used in turn (each made when first needed), and which one is next. */
 interface TwoBuffers {
+  size: number;
   buffers: Uint8Array[];
   next: number;
 }
@@ -154,7 +155,7 @@ function* drive(
   let offset = 0;
   let left = input.length;
   for (;;) {
-    const buffer = out.buffers[out.next];
+    const buffer = out.buffers[out.next] ??= new Uint8Array(out.size);
     handle.writeSync(flush, input, offset, left, buffer, 0, buffer.length);
     const failed = failure();
     if (failed !== null) throw new Error(failed);
@@ -180,8 +181,8 @@ const STREAM_CHUNK = 1 << 20;
 
 /**
  * One zstd frame made from input pushed a chunk at a time, its output
- * landing in two buffers of `chunkSize` bytes it reuses: what a snapshot of
- * any size is compressed with. Each output chunk is a view valid while the
+ * landing in two buffers it reuses (1 MiB each, `chunkSize`, or less for a
+ * small input): what a snapshot of any size is compressed with. Each output chunk is a view valid while the
  * next one is taken. The frame is made on the calling thread by the handle
  * inside `zlib.createZstdCompress()`, as {@linkcode ZstdPieceEncoder} makes
  * pieces; the Transform stream it replaced allocated every output chunk
@@ -194,16 +195,28 @@ export class ZstdStreamEncoder {
   readonly #buffers: TwoBuffers;
   #failure: string | null = null;
 
-  constructor(chunkSize = STREAM_CHUNK) {
+  /**
+   * `inputSize`, when known, must be exactly the bytes that will be pushed:
+   * it is pledged to zstd, which then sizes its tables and window for it
+   * and records it in the frame (ending the frame after other than that
+   * many bytes fails), and it keeps the buffers no larger than the input
+   * needs. Without it, a context costs about 0.8 MiB whatever the input, and
+   * hundreds of small databases each take a snapshot at start.
+   */
+  constructor(options: { chunkSize?: number; inputSize?: number } = {}) {
     const native = hasNativeZstd
       ? nativeZstd(
-        zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } }),
+        zlib.createZstdCompress({
+          params: { [zlib.constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL },
+          ...(options.inputSize === undefined ? {} : { pledgedSrcSize: options.inputSize }),
+        } as zlib.ZstdOptions),
         (message) => this.#failure = message,
       )
       : null;
     if (!native) throw new Error("this runtime has no zstd encoder handle in node:zlib: use Deno or Bun");
     this.#native = native;
-    this.#buffers = { buffers: [new Uint8Array(chunkSize), new Uint8Array(chunkSize)], next: 0 };
+    const size = Math.min(options.chunkSize ?? STREAM_CHUNK, Math.max(4096, options.inputSize ?? Infinity));
+    this.#buffers = { size, buffers: [], next: 0 };
   }
 
   /** Compresses `input` into the frame, yielding whatever output is ready. */
@@ -242,7 +255,7 @@ export class ZstdStreamEncoder {
  */
 export class ZstdChunkDecoder {
   readonly #native: NativeZstd | null = null;
-  readonly #buffers: TwoBuffers = { buffers: [], next: 0 };
+  readonly #buffers: TwoBuffers = { size: 0, buffers: [], next: 0 };
   #failure: string | null = null;
   #fallback: FzstdDecompress | null = null;
   #fallbackOut: Uint8Array[] = [];
@@ -251,7 +264,7 @@ export class ZstdChunkDecoder {
     if (hasNativeZstd && options.native !== false) {
       this.#native = nativeZstd(zlib.createZstdDecompress(), (message) => this.#failure = message);
       if (this.#native) {
-        this.#buffers.buffers = [new Uint8Array(chunkSize), new Uint8Array(chunkSize)];
+        this.#buffers.size = chunkSize;
         return;
       }
     }

@@ -62,7 +62,7 @@ export async function writeSnapshotObject(
     const pre = encodePreamble(meta);
     hasher.update(pre);
     await file.write(pre);
-    const zstd = new ZstdStreamEncoder();
+    const zstd = new ZstdStreamEncoder({ inputSize: total });
     const emit = async (bytes: Uint8Array) => {
       hasher.update(bytes);
       await file.write(bytes);
