@@ -23,8 +23,9 @@ import { captureImage } from "../src/capture/snapshot_reader.ts";
 import { WalFollower } from "../src/capture/wal_follower.ts";
 import { WalshipError } from "../src/errors.ts";
 import { newGenerationId, snapshotKey } from "../src/replica/layout.ts";
-import type { SnapshotMeta } from "../src/replica/object_format.ts";
+import { encodeObject, type SnapshotMeta } from "../src/replica/object_format.ts";
 import { openReplica } from "../src/replica/open_replica.ts";
+import { ZstdStreamEncoder } from "../src/replica/zstd.ts";
 import { tableFromImage } from "../src/replicate/page_table_sync.ts";
 import { writeSnapshotObject } from "../src/replicate/snapshot_object.ts";
 import { restoreDatabase } from "../src/restore/restore.ts";
@@ -137,6 +138,25 @@ for (const pageSize of [512, 4096, 65536]) {
         assertSameFile(out, image.path, "the restored snapshot");
         assert.equal(await integrityCheck(out), "ok");
         assert.equal(await dumpFile(out), await dumpLive(db), `seed ${seed}: the restored rows are the live database's`);
+
+        // The frame records the image's size; a frame without it (as before
+        // session 11) restores the same image.
+        const payloadAt = 16 + object.readUInt32BE(12);
+        assert.notEqual(object[payloadAt + 4] >> 6, 0, "the frame header records its content size");
+        const unpledged = new ZstdStreamEncoder();
+        const kept: Uint8Array[] = []; // copied as they come: the encoder reuses its buffers
+        for (let at = 0; at < bytes.length; at += 65536) {
+          for (const v of unpledged.push(bytes.subarray(at, at + 65536))) kept.push(v.slice());
+        }
+        for (const v of unpledged.end()) kept.push(v.slice());
+        unpledged.close();
+        const frame = Buffer.concat(kept);
+        assert.equal(frame[4] >> 6, 0, "no content size in this frame");
+        const older = { ...meta, time: time + 1 };
+        await storage.put(snapshotKey(generation, 2, older.time), encodeObject({ ...older, txid: 2 }, frame).bytes);
+        const out2 = path.join(dir, "restored-unpledged.db");
+        assert.equal((await restoreDatabase({ storage, output: out2 })).pages, image.dbSize);
+        assertSameFile(out2, image.path, "the snapshot whose frame leaves out its size");
       } finally {
         con.close();
       }
