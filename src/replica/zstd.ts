@@ -182,8 +182,9 @@ const STREAM_CHUNK = 1 << 20;
 /**
  * One zstd frame made from input pushed a chunk at a time, its output
  * landing in two buffers it reuses (1 MiB each, `chunkSize`, or less for a
- * small input): what a snapshot of any size is compressed with. Each output chunk is a view valid while the
- * next one is taken. The frame is made on the calling thread by the handle
+ * small input): what a snapshot of any size is compressed with. Each
+ * output chunk is a view valid while the next one is taken (a caller that
+ * keeps one must copy it). The frame is made on the calling thread by the handle
  * inside `zlib.createZstdCompress()`, as {@linkcode ZstdPieceEncoder} makes
  * pieces; the Transform stream it replaced allocated every output chunk
  * afresh and left a 1 GiB snapshot's worth of them to the collector
