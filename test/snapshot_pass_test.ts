@@ -152,10 +152,12 @@ for (const pageSize of [512, 4096, 65536]) {
         unpledged.close();
         const frame = Buffer.concat(kept);
         assert.equal(frame[4] >> 6, 0, "no content size in this frame");
-        const older = { ...meta, time: time + 1 };
-        await storage.put(snapshotKey(generation, 2, older.time), encodeObject({ ...older, txid: 2 }, frame).bytes);
+        const legacy = { ...meta, txid: 2, time: time + 1 };
+        await storage.put(snapshotKey(generation, 2, legacy.time), encodeObject(legacy, frame).bytes);
         const out2 = path.join(dir, "restored-unpledged.db");
-        assert.equal((await restoreDatabase({ storage, output: out2 })).pages, image.dbSize);
+        const r2 = await restoreDatabase({ storage, output: out2 });
+        assert.equal(r2.txid, 2, "restored from the snapshot whose frame leaves out its size");
+        assert.equal(r2.pages, image.dbSize);
         assertSameFile(out2, image.path, "the snapshot whose frame leaves out its size");
       } finally {
         con.close();
