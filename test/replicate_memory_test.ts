@@ -28,8 +28,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { decompress as fzstdDecompress } from "fzstd";
 import { decodeObject } from "../src/replica/object_format.ts";
-import { decodeSegmentBody, decompressSegmentParts } from "../src/replica/segment.ts";
-import { ZstdPieceEncoder, zstdDecompress, ZstdStreamEncoder } from "../src/replica/zstd.ts";
+import { decodeSegmentBody, streamSegmentBody } from "../src/replica/segment.ts";
+import { ZstdChunkDecoder, ZstdPieceEncoder, zstdDecompress, ZstdStreamEncoder } from "../src/replica/zstd.ts";
 import { PIECE_BYTES, SegmentBuilder, segmentBytes, SPILL_AFTER } from "../src/replicate/segment_builder.ts";
 import type { ObservedTransaction } from "../src/capture/wal_follower.ts";
 import { writeFileDurable } from "../src/durable.ts";
@@ -210,12 +210,14 @@ function assertHolds(bytes: Uint8Array, txs: ObservedTransaction[]): void {
   assert.equal(meta.kind, "segment");
   if (meta.kind !== "segment") return;
   let t = 0;
-  for (const record of decodeSegmentBody(decompressSegmentParts(meta, payload, "segment"), PAGE, "segment")) {
+  const decoder = new ZstdChunkDecoder();
+  for (const record of decodeSegmentBody(streamSegmentBody(meta, payload, "segment", decoder), PAGE, "segment")) {
     assert.equal(record.tag, "transaction");
     if (record.tag !== "transaction") continue;
     assert.ok(Buffer.from(record.frames).equals(txs[t].frames), `transaction ${t} exact`);
     t++;
   }
+  decoder.close();
   assert.equal(t, txs.length, "every transaction");
 }
 

@@ -25,7 +25,8 @@ import { WalshipError } from "../src/errors.ts";
 import { newGenerationId, segmentKey, snapshotKey } from "../src/replica/layout.ts";
 import { decodeObject, encodeObject, HASH_SIZE, type SegmentMeta } from "../src/replica/object_format.ts";
 import { openReplica } from "../src/replica/open_replica.ts";
-import { decompressSegmentParts, encodeSegmentBody, type SegmentRecord } from "../src/replica/segment.ts";
+import { encodeSegmentBody, type SegmentRecord, streamSegmentBody } from "../src/replica/segment.ts";
+import { ZstdChunkDecoder } from "../src/replica/zstd.ts";
 import { PageChanges } from "../src/replicate/page_table_sync.ts";
 import { Replicator } from "../src/replicate/replicator.ts";
 import { PIECE_BYTES, SegmentBuilder, segmentBytes } from "../src/replicate/segment_builder.ts";
@@ -104,7 +105,10 @@ test("pieces: a segment of more than 4 MiB is format 2, its body is its records,
     assert.ok((seg.meta.pieces?.length ?? 0) >= 3, `pieces: ${JSON.stringify(seg.meta.pieces)}`);
     const { meta, payload } = decodeObject(segBytes, "segment");
     assert.equal((meta as SegmentMeta).pieces?.length, seg.meta.pieces!.length, "the pieces travel in the metadata");
-    const body = concatBytes(decompressSegmentParts(meta as SegmentMeta, payload, "segment"));
+    const decoder = new ZstdChunkDecoder();
+    // Each chunk copied as it comes: the decoder reuses its two buffers.
+    const body = concatBytes(Array.from(streamSegmentBody(meta as SegmentMeta, payload, "segment", decoder), (c) => c.slice()));
+    decoder.close();
     assert.ok(Buffer.from(body).equals(encodeSegmentBody(records)), "the pieces join into exactly the records' encoding");
     assert.deepEqual([seg.meta.firstTxid, seg.meta.lastTxid], [2, count + 1]);
     await storage.put(segmentKey(generation, seg.meta), segBytes);

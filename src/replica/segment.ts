@@ -21,10 +21,10 @@
  * @module
  */
 
-import { byteLength, concatBytes } from "../bytes.ts";
+import { concatBytes } from "../bytes.ts";
 import { WalshipError } from "../errors.ts";
 import type { SegmentMeta } from "./object_format.ts";
-import { rethrowAs, type ZstdChunkDecoder, zstdDecompress } from "./zstd.ts";
+import { rethrowAs, type ZstdChunkDecoder } from "./zstd.ts";
 import { WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE } from "../sqlite/wal.ts";
 import type { WalPosition } from "../sqlite/wal_scanner.ts";
 
@@ -93,39 +93,15 @@ export function encodeRecord(r: SegmentRecord): Uint8Array[] {
 }
 
 /**
- * A segment's payload decompressed, in parts: one zstd frame, or, when the
- * metadata lists `pieces` (format 2), one part per piece, for
- * {@linkcode decodeSegmentBody} (a large segment is never copied into one
- * buffer). Throws CORRUPT when the pieces do not add up to the payload or
- * the body is not `bodySize` bytes.
- */
-export function decompressSegmentParts(meta: SegmentMeta, payload: Uint8Array, what: string): Uint8Array[] {
-  checkPieces(meta, payload, what);
-  const parts: Uint8Array[] = [];
-  try {
-    let at = 0;
-    for (const size of meta.pieces ?? [payload.length]) {
-      parts.push(zstdDecompress(payload.subarray(at, at + size)));
-      at += size;
-    }
-  } catch (err) {
-    throw notDecompressing(what, err);
-  }
-  const length = byteLength(parts);
-  if (length !== meta.bodySize) throw wrongBodySize(meta, length, what);
-  return parts;
-}
-
-/**
  * A segment's payload decompressed as it is read, piece by piece, in
  * chunks written into the buffers of `decoder`, which it reuses (see
  * {@linkcode ZstdChunkDecoder}); a restore hands every object the same
  * decoder. For {@linkcode decodeSegmentBody}, which takes a chunk only once
  * the records before it are read, and for a consumer that is done with
  * each record before it takes the next. A consumer that stops early never
- * decompresses the rest. Throws CORRUPT as {@linkcode decompressSegmentParts}
- * does, as soon as the output passes `bodySize`, or at the end when it
- * falls short.
+ * decompresses the rest. Throws CORRUPT when the pieces do not add up to
+ * the payload, when a piece does not decompress, as soon as the output
+ * passes `bodySize`, or at the end when it falls short.
  */
 export function* streamSegmentBody(
   meta: SegmentMeta,

@@ -56,8 +56,8 @@ const KEEP_OUTPUT_MAX = 16 << 20;
  * output afresh, and a burst of pieces left tens of MB of them for the
  * collector (docs/DECISIONS.md, "Replicate reuses its memory"). Where the
  * handle is missing (or with `native: false`), `zstdCompressSync` stands in.
- * The frames carry no content size, so they decode the same way as any
- * streamed frame.
+ * Whether a frame records its content size is the runtime's zstd's choice
+ * (Bun's does, Deno's does not); no reader depends on it.
  */
 export class ZstdPieceEncoder {
   readonly #native: NativeZstd | null = null;
@@ -113,7 +113,10 @@ export function zstdDecompress(data: Uint8Array): Uint8Array {
   return hasNativeZstd ? zlib.zstdDecompressSync(data) : fzstdDecompress(data);
 }
 
-/** The part of node:zlib's zstd handle that {@linkcode ZstdPieceEncoder} and {@linkcode ZstdChunkDecoder} drive. */
+/**
+ * The part of node:zlib's zstd handle that {@linkcode ZstdPieceEncoder},
+ * {@linkcode ZstdStreamEncoder} and {@linkcode ZstdChunkDecoder} drive.
+ */
 interface ZstdHandle {
   writeSync(
     flush: number,
@@ -173,9 +176,10 @@ function* drive(
 }
 
 /**
- * Output chunk size of {@linkcode ZstdStreamEncoder}: 1 MiB, not zlib's
- * 16 KiB. Each output chunk costs a write and a hash update; a 1 GiB object
- * made 77,000 of each with 16 KiB.
+ * Output chunk size of {@linkcode ZstdStreamEncoder} and, unless told,
+ * {@linkcode ZstdChunkDecoder}: 1 MiB, not zlib's 16 KiB. Each output chunk
+ * costs a write (or a copy) and a hash update; a 1 GiB object made 77,000
+ * of each with 16 KiB.
  */
 const STREAM_CHUNK = 1 << 20;
 
@@ -239,7 +243,7 @@ export class ZstdStreamEncoder {
 /**
  * A zstd decoder fed input as it comes (one frame, or several one after
  * another: their contents follow each other), whose output lands in two
- * buffers of `chunkSize` bytes it reuses. Each chunk of output is yielded
+ * buffers of `chunkSize` bytes (1 MiB unless told) it reuses. Each chunk of output is yielded
  * as a view that stays valid while the next one is taken, and is
  * overwritten by the one after. A restore then touches the same few
  * megabytes instead of allocating every decompressed byte afresh: on the
@@ -261,7 +265,7 @@ export class ZstdChunkDecoder {
   #fallback: FzstdDecompress | null = null;
   #fallbackOut: Uint8Array[] = [];
 
-  constructor(chunkSize: number, options: { native?: boolean } = {}) {
+  constructor(chunkSize = STREAM_CHUNK, options: { native?: boolean } = {}) {
     if (hasNativeZstd && options.native !== false) {
       this.#native = nativeZstd(zlib.createZstdDecompress(), (message) => this.#failure = message);
       if (this.#native) {

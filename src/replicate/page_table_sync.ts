@@ -13,8 +13,9 @@ import fs from "node:fs";
 import { PAGE_HASH_BYTES, PageTable, pageHash } from "../cache/page_table.ts";
 import type { CachedObject, ObjectCache } from "../cache/object_cache.ts";
 import { decodeObject } from "../replica/object_format.ts";
-import { decodeSegmentBody, decompressSegmentParts, type SegmentRecord } from "../replica/segment.ts";
+import { decodeSegmentBody, type SegmentRecord, streamSegmentBody } from "../replica/segment.ts";
 import type { ReplicaStorage } from "../replica/storage.ts";
+import { ZstdChunkDecoder } from "../replica/zstd.ts";
 import { parseObjectKey } from "../replica/layout.ts";
 import { listGeneration } from "../restore/plan.ts";
 import { WAL_FRAME_HEADER_SIZE } from "../sqlite/wal.ts";
@@ -191,15 +192,21 @@ export async function replayTable(
     if (e?.kind === "segment") keys.set(o.key, { first: e.firstTxid, last: e.lastTxid });
   }
   const todo = [...keys].filter(([, r]) => r.last > table.txid && r.last <= txid).sort((a, b) => a[1].first - b[1].first);
-  for (const [key, range] of todo) {
-    if (range.first !== table.txid + 1) return null;
-    // The uploader runs meanwhile: a cached object may be uploaded and its file removed by now.
-    const local = cached.get(key);
-    const bytes = (local && readIfPresent(cache.objectPath(local.hash))) || await storage.get(key);
-    const { meta, payload } = decodeObject(bytes, key);
-    if (meta.kind !== "segment") return null;
-    applyRecords(table, decodeSegmentBody(decompressSegmentParts(meta, payload, key), table.pageSize, key));
-    table.txid = range.last;
+  // One decoder, its two output buffers reused, for every segment (applyRecords copies what it keeps).
+  const decoder = new ZstdChunkDecoder();
+  try {
+    for (const [key, range] of todo) {
+      if (range.first !== table.txid + 1) return null;
+      // The uploader runs meanwhile: a cached object may be uploaded and its file removed by now.
+      const local = cached.get(key);
+      const bytes = (local && readIfPresent(cache.objectPath(local.hash))) || await storage.get(key);
+      const { meta, payload } = decodeObject(bytes, key);
+      if (meta.kind !== "segment") return null;
+      applyRecords(table, decodeSegmentBody(streamSegmentBody(meta, payload, key, decoder), table.pageSize, key));
+      table.txid = range.last;
+    }
+  } finally {
+    decoder.close();
   }
   return table.txid === txid ? table : null;
 }

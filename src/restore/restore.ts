@@ -21,9 +21,6 @@ import { type ApplyState, applySegment, LastVersions } from "./apply.ts";
 import { verifiedPayload, type StreamedObject } from "./object_reader.ts";
 import { planRestore, type RestorePlan, type RestoreTarget } from "./plan.ts";
 
-/** Output chunk of the restore's one zstd decoder (the snapshot's, then every segment's): it holds two. */
-const DECODE_CHUNK = 1 << 20;
-
 /** Segments downloaded at once by default: many small ones are bound by each request's round trip. */
 export const DEFAULT_PARALLELISM = 32;
 /** Bytes of segments fetched ahead by default: the memory a restore may hold in downloads. */
@@ -104,7 +101,7 @@ export async function restoreDatabase(options: RestoreOptions): Promise<RestoreR
     throw ioError(`cannot write ${output}`, err);
   }
   // One decoder, and so the same two output buffers, for the snapshot and every segment.
-  const decoder = new ZstdChunkDecoder(DECODE_CHUNK);
+  const decoder = new ZstdChunkDecoder();
   try {
     const progress = progressCounter(plan, options.onProgress);
     const state = await restoreSnapshot(storage, plan, fd, decoder, progress);
